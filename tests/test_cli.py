@@ -1,0 +1,42 @@
+"""The command line: list, show, verify (exit status reflects failures)."""
+
+import sympy as sp
+
+from unified_rlhf import cli, objectives
+from unified_rlhf.custom import V, objective_from_sympy
+
+
+def test_list_prints_every_objective(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in objectives.REGISTRY:
+        assert f"\n{name} " in out
+    assert "arXiv 2305.18290" in out
+
+
+def test_show_reports_the_source_text_difference(capsys):
+    assert cli.main(["show", "dpo"]) == 0
+    out = capsys.readouterr().out
+    assert "w+" in out and "differs" in out and "beta = 0.1" in out
+
+
+def test_verify_named_methods_passes(capsys):
+    assert cli.main(["verify", "dpo", "kto"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 3 and "2 passed, 0 failed" in out
+
+
+def test_verify_unknown_name_lists_the_known_ones(capsys):
+    assert cli.main(["verify", "dpoo"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown objective 'dpoo'" in err and "simpo" in err
+
+
+def test_verify_exits_non_zero_on_a_wrong_objective(capsys):
+    wrong = objective_from_sympy("wrong_on_purpose", -sp.log(1 + sp.exp(-V.logp_chosen + V.logp_rejected)),
+                                 closed_weights=[1, 1], register=True)
+    try:
+        assert cli.main(["verify", wrong.name]) == 1
+        assert "FAIL" in capsys.readouterr().out
+    finally:
+        objectives.REGISTRY.pop(wrong.name)

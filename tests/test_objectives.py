@@ -1,0 +1,197 @@
+"""Every objective: present, verified (symbolic, scalar, extreme, compiled, model), and safe on bad input."""
+
+import math
+
+import pytest
+import torch
+
+from unified_rlhf import objectives, verify
+from unified_rlhf.objectives import REGISTRY
+
+REQUIRED = ("sft crlft vpg trpo ppo_clip ppo_kl apa rloo grpo rm unlikelihood dpo cdpo ipo slic rrhf orpo "
+            "simpo kto una una_pairwise una_score gpo_logistic gpo_hinge gpo_squared gpo_exponential "
+            "gpo_truncated_quadratic gpo_savage").split()
+
+
+def test_every_method_of_the_reference_is_registered():
+    assert sorted(REQUIRED) == sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_objective_verifies(name):
+    result = verify.verify(name)
+    assert "FAILED" not in result.symbolic, result
+    assert result.scalar <= verify.SCALAR_TOLERANCE, result
+    assert result.extreme <= verify.SCALAR_TOLERANCE, result
+    assert result.compiled <= verify.SCALAR_TOLERANCE, result
+    assert result.model <= verify.MODEL_TOLERANCE, result
+    assert result.passed
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_extreme_inputs_give_finite_losses_and_weights(name):
+    obj = objectives.get(name)
+    batch = verify.sample_inputs(obj, 512, extreme=True, seed=3)
+    out = obj(batch)
+    assert torch.isfinite(out.loss).all()
+    assert all(torch.isfinite(w).all() for w in out.weights)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_every_objective_documents_itself(name):
+    obj = objectives.get(name)
+    assert obj.paper and obj.family and obj.data in objectives.DATA_KINDS
+    for key, (value, source) in obj.defaults.items():
+        assert isinstance(value, float) and source, (name, key)
+    assert set(obj.inputs()) >= set(objectives.POLICY_VARIABLES[obj.shape][:1])
+
+
+def test_token_level_objectives_declare_their_token_inputs():
+    for obj in REGISTRY.values():
+        assert (obj.level == "token") == bool(obj.token_vars), obj.name
+    assert {o.name for o in REGISTRY.values() if o.level == "token"} == {
+        "trpo", "ppo_kl", "ppo_clip", "apa", "grpo", "unlikelihood"}
+
+
+def test_dpo_weight_is_beta_sigmoid_of_minus_beta_margin():
+    batch = {"logp_chosen": torch.tensor([-3.0]), "logp_rejected": torch.tensor([-5.0]),
+             "ref_logp_chosen": torch.tensor([-4.0]), "ref_logp_rejected": torch.tensor([-4.0])}
+    w_plus, w_minus = objectives.get("dpo").weights(batch, beta=0.5)
+    expected = 0.5 / (1 + math.exp(0.5 * 2.0))  # margin = 1 - (-1) = 2
+    assert w_plus.item() == pytest.approx(expected, rel=1e-6) and w_minus.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ppo_clip_case_analysis():
+    """Gradient is cut only where the clip raises the objective; A<0 with a large ratio keeps it."""
+    ppo = objectives.get("ppo_clip")
+    log_ratio = torch.tensor([0.5, 0.5, -0.5, -0.5, 0.05])
+    advantage = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    (w,) = ppo.weights({"logp": -1 + log_ratio, "old_logp": torch.full((5,), -1.0), "advantage": advantage})
+    ratio = log_ratio.exp()
+    torch.testing.assert_close(w, torch.stack([0 * ratio[0], -ratio[1], ratio[2], 0 * ratio[3], ratio[4]]))
+
+
+def test_rloo_with_two_samples_is_the_paired_form():
+    rewards = torch.tensor([[1.5, -0.5], [0.2, 0.7]])
+    advantages = objectives.rloo_advantages(rewards)
+    half_gap = (rewards[:, 0] - rewards[:, 1]) / 2
+    torch.testing.assert_close(advantages[:, 0], half_gap)  # w+ on the better sample
+    torch.testing.assert_close(-advantages[:, 1], half_gap)  # w- = -w on the other
+
+
+def test_grpo_advantages_are_standardised_per_group():
+    a = objectives.grpo_advantages(torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+    torch.testing.assert_close(a[0], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-3, rtol=0)
+    assert torch.equal(a[1], torch.zeros(3))
+
+
+def test_rrhf_ranked_loss_equals_the_paired_objective_for_two_responses():
+    logp = torch.tensor([[-4.0, -9.0], [-6.0, -2.0]])
+    length = torch.tensor([[2.0, 3.0], [3.0, 4.0]])
+    reward = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    ranked = objectives.rrhf_ranked_loss(logp, length, reward)
+    best = reward.argmax(-1)
+    other = 1 - best
+    rows = torch.arange(2)
+    paired = objectives.get("rrhf").loss({
+        "logp_chosen": logp[rows, best], "logp_rejected": logp[rows, other],
+        "len_chosen": length[rows, best], "len_rejected": length[rows, other]})
+    torch.testing.assert_close(ranked, paired)
+
+
+def test_adaptive_kl_rule():
+    assert objectives.adapt_kl_coefficient(1.0, kl=0.001, target=0.01) == 0.5
+    assert objectives.adapt_kl_coefficient(1.0, kl=0.1, target=0.01) == 2.0
+    assert objectives.adapt_kl_coefficient(1.0, kl=0.011, target=0.01) == 1.0
+
+
+# ------------------------------------------------------------------------------------ bad input
+def paired_batch(n=4):
+    return {k: -torch.rand(n, dtype=torch.float64) - 0.1 for k in
+            ("logp_chosen", "logp_rejected", "ref_logp_chosen", "ref_logp_rejected")}
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(KeyError) as info:
+        objectives.get("dpoo")
+    assert "dpoo" in str(info.value) and "simpo" in str(info.value) and "kto" in str(info.value)
+
+
+def test_missing_input_is_named():
+    batch = paired_batch()
+    del batch["ref_logp_rejected"]
+    with pytest.raises(KeyError, match="ref_logp_rejected"):
+        objectives.get("dpo").loss(batch)
+
+
+def test_integer_log_probs_are_refused():
+    batch = paired_batch()
+    batch["logp_chosen"] = torch.tensor([-1, -2, -3, -4])
+    with pytest.raises(TypeError, match="logp_chosen"):
+        objectives.get("dpo").loss(batch)
+
+
+def test_shape_mismatch_is_named():
+    batch = paired_batch()
+    batch["ref_logp_chosen"] = batch["ref_logp_chosen"][:3]
+    with pytest.raises(ValueError, match="ref_logp_chosen"):
+        objectives.get("dpo").loss(batch)
+
+
+def test_nan_reward_is_named_not_propagated():
+    batch = {"logp": -torch.rand(3), "reward": torch.tensor([1.0, float("nan"), 0.0]), "baseline": torch.zeros(3)}
+    with pytest.raises(ValueError, match="'reward'.*non-finite"):
+        objectives.get("vpg").loss(batch)
+
+
+def test_zero_length_completion_in_a_length_normalised_loss():
+    batch = paired_batch(2) | {"len_chosen": torch.tensor([3.0, 0.0]), "len_rejected": torch.tensor([2.0, 2.0])}
+    with pytest.raises(ValueError, match="len_chosen.*zero-length"):
+        objectives.get("simpo").loss(batch)
+
+
+def test_labels_must_be_binary():
+    batch = {"logp": -torch.rand(2), "ref_logp": -torch.rand(2), "z0": torch.zeros(2),
+             "label": torch.tensor([1.0, 0.5])}
+    with pytest.raises(ValueError, match="label"):
+        objectives.get("kto").loss(batch)
+
+
+def test_bool_labels_are_accepted():
+    batch = {"logp": -torch.rand(2), "ref_logp": -torch.rand(2), "z0": torch.zeros(2),
+             "label": torch.tensor([True, False])}
+    assert objectives.get("kto").loss(batch).shape == (2,)
+
+
+def test_kto_reference_point_needs_a_batch_of_two():
+    with pytest.raises(ValueError, match="at least 2"):
+        objectives.kto_reference_point(torch.tensor([-1.0]), torch.tensor([-2.0]))
+    z0 = objectives.kto_reference_point(torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0]))
+    assert z0.item() == 0.0  # mean rho = 0, clamped at 0
+    z0 = objectives.kto_reference_point(torch.tensor([-1.0, -1.0], requires_grad=True), torch.tensor([-2.0, -2.0]))
+    assert z0.item() == 1.0 and not z0.requires_grad
+
+
+def test_unknown_hyperparameter_is_named():
+    with pytest.raises(ValueError, match="betta.*known"):
+        objectives.get("dpo").loss(paired_batch(), betta=0.1)
+
+
+def test_sequence_objective_refuses_token_inputs():
+    batch = {k: -torch.rand(2, 5) for k in ("logp_chosen", "logp_rejected", "ref_logp_chosen", "ref_logp_rejected")}
+    with pytest.raises(ValueError, match="sequence log-probs"):
+        objectives.get("dpo").loss(batch)
+
+
+def test_register_refuses_to_overwrite_without_asking():
+    with pytest.raises(ValueError, match="already registered"):
+        objectives.register(objectives.get("dpo"))
+
+
+def test_logsigmoid_losses_survive_huge_margins():
+    batch = {"logp_chosen": torch.tensor([-1.0, -1e4]), "logp_rejected": torch.tensor([-1e4, -1.0]),
+             "ref_logp_chosen": torch.tensor([-1.0, -1.0]), "ref_logp_rejected": torch.tensor([-1.0, -1.0])}
+    for name in ("dpo", "cdpo", "ipo", "gpo_logistic", "simpo"):
+        extra = {"len_chosen": torch.ones(2), "len_rejected": torch.ones(2)}
+        out = objectives.get(name)(batch | extra)
+        assert torch.isfinite(out.loss).all() and all(torch.isfinite(w).all() for w in out.weights), name

@@ -1,0 +1,71 @@
+"""Each plot draws what it should on small fake data."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from unified_rlhf import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def weight_records(with_minus: bool):
+    records = []
+    for step in range(5):
+        record = {"step": step * 10, "loss": 1.0 / (step + 1)}
+        for name in ("w_plus",) + (("w_minus",) if with_minus else ()):
+            record |= {f"{name}_mean": 0.5, f"{name}_q10": 0.2, f"{name}_q90": 0.8}
+        records.append(record)
+    return records
+
+
+def test_plot_metrics_one_line_per_key_skipping_missing_values():
+    records = weight_records(with_minus=False)
+    records[2]["loss"] = float("nan")
+    del records[3]["w_plus_mean"]
+    ax = plots.plot_metrics(records, ["loss", "w_plus_mean"])
+    assert len(ax.lines) == 2
+    assert list(ax.lines[0].get_xdata()) == [0, 10, 30, 40]
+    assert list(ax.lines[1].get_xdata()) == [0, 10, 20, 40]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["loss", "w_plus_mean"]
+
+
+@pytest.mark.parametrize("with_minus, drawn", [(True, 2), (False, 1)])
+def test_plot_weights_line_and_band_per_weight(with_minus, drawn):
+    ax = plots.plot_weights(weight_records(with_minus))
+    assert len(ax.lines) == drawn and len(ax.collections) == drawn
+    assert list(ax.lines[0].get_ydata()) == [0.5] * 5
+
+
+def test_plot_frontier_connects_each_method_in_order_of_kl():
+    rows = [
+        {"method": "dpo", "kl": 3.0, "gold_reward": 0.9},
+        {"method": "dpo", "kl": 1.0, "gold_reward": 0.7},
+        {"method": "ipo", "kl": 2.0, "gold_reward": 0.8},
+        {"method": "kto", "kl": 0.5, "gold_reward": 0.6},
+        {"method": "dpo", "kl": 2.0, "gold_reward": 0.8},
+    ]
+    fig, ax = plt.subplots()
+    assert plots.plot_frontier(rows, ax=ax, reference=0.4) is ax
+    assert len(ax.lines) == 4  # three methods and the reference line
+    dpo = ax.lines[0]
+    assert list(dpo.get_xdata()) == [1.0, 2.0, 3.0] and list(dpo.get_ydata()) == [0.7, 0.8, 0.9]
+    assert len({line.get_marker() for line in ax.lines[:3]}) == 3
+    assert len({line.get_color() for line in ax.lines[:3]}) == 3
+
+
+def test_plot_weight_atlas_one_curve_per_method():
+    x = np.linspace(-3, 3, 7)
+    curves = {"dpo": (x, 1 / (1 + np.exp(x))), "ipo": (x[::-1], np.abs(x[::-1] - 1)), "slic": (x, x < 1)}
+    ax = plots.plot_weight_atlas(curves)
+    assert len(ax.lines) == 3
+    assert list(ax.lines[1].get_xdata()) == sorted(x)  # sorted by margin
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dpo", "ipo", "slic"]

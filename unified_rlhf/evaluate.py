@@ -1,0 +1,237 @@
+"""Sampling from a policy and scoring it against the reference: gold reward, KL, win rate.
+
+Sequences follow the package convention: [eos (as bos)] + prompt ids + completion ids, where a
+completion ends with eos when the model stopped and is cut at ``max_new_tokens`` otherwise.
+
+The KL is the sequence-level KL(pi || pi_ref) = E_{y ~ pi}[l_pi(y) - l_ref(y)], estimated on the
+policy's own samples; the estimate is unbiased only if the samples come from pi itself, so sampling
+is plain ancestral sampling at temperature 1 (no top-k, no top-p) unless asked otherwise. For samples
+cut at ``max_new_tokens`` it is the KL between the two models' distributions over truncated sequences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from . import task
+from .logprobs import pad_batch, sequence_logprobs
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Eval mode (no dropout) and no autograd, restoring the training flag afterwards:
+    evaluation is called in the middle of training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _special_ids(tokenizer) -> tuple[int, int]:
+    """(eos id, pad id); a tokenizer without a pad token pads with eos (padding is masked anyway)."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos token: completions could never stop")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    return eos_id, pad_id
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Each prompt as [eos] + its token ids (eos doubles as bos, as in GPT-2)."""
+    eos_id, _ = _special_ids(tokenizer)
+    return [[eos_id] + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    """Completion ids -> text, without eos, padding or other special tokens."""
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
+    """One batch of completions, with a KV cache: the prompts are left-padded so every row's next token
+    is in the last column, and position ids count real tokens only (as in ``logprobs``)."""
+    device = _device(model)
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+    attention = torch.zeros((batch, width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention[i, width - len(p) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+    new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    cache = None
+    for t in range(max_new_tokens):
+        out = model(
+            input_ids=ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1].float()  # softmax in float32 even for half-precision models
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = token.masked_fill(done, pad_id)  # finished rows only feed padding from here on
+        new_tokens[:, t] = token
+        done |= token == eos_id
+        if done.all():
+            break
+        ids = token[:, None]
+        attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=-1)
+        positions = positions[:, -1:] + 1
+
+    completions = []
+    for row in new_tokens.tolist():
+        stop = row.index(eos_id) + 1 if eos_id in row else max_new_tokens
+        completions.append(row[:stop])
+    return completions
+
+
+def sample(
+    model,
+    prompt_ids: list[list[int]],
+    num_samples: int = 1,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    eos_id: int = 0,
+    pad_id: int = 1,
+    seed: int | None = None,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """``num_samples`` completions per prompt, prompt-major (all of prompt 0's samples first).
+
+    Each completion is a list of token ids that ends with ``eos_id`` if the model emitted it (nothing
+    after it), or has exactly ``max_new_tokens`` tokens. ``temperature=0`` means greedy. With a ``seed``
+    the result is reproducible (for the same batch size and device); without one it draws from torch's
+    global generator.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("empty prompt: the first token needs a context (start prompts with bos)")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max((len(p) for p in prompt_ids), default=0)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's {limit} positions"
+        )
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    rows = [p for p in prompt_ids for _ in range(num_samples)]
+    completions = []
+    with _eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            completions += _sample_batch(model, batch, max_new_tokens, temperature, eos_id, pad_id, generator)
+    return completions
+
+
+def completion_logprobs(model, prompt_ids, completions, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """l(y) = summed log-prob of each completion (eos included) under ``model``, float64 on the CPU."""
+    device, totals = _device(model), []
+    with _eval_mode(model):
+        for start in range(0, len(completions), batch_size):
+            end = start + batch_size
+            tensors = pad_batch(prompt_ids[start:end], completions[start:end], pad_id, side="right")
+            total, _ = sequence_logprobs(model, *(t.to(device) for t in tensors))
+            totals.append(total.double().cpu())
+    return torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)
+
+
+def evaluate_policy(
+    policy,
+    reference,
+    tokenizer,
+    prompts: list[str],
+    samples_per_prompt: int = 4,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    batch_size: int = 64,
+    reward_fn: Callable[[str, str], float] = task.gold_reward,
+    num_examples: int = 8,
+) -> dict:
+    """Sample ``samples_per_prompt`` completions per prompt from both models and compare them.
+
+    Returns a dict with
+      gold_reward, gold_reward_std   mean and spread of reward_fn over policy samples
+      reference_gold_reward          the same for reference samples on the same prompts
+      win_rate                       P(r(policy sample) > r(reference sample)) + P(tie) / 2, averaged over
+                                     every (policy, reference) pair of samples of the same prompt
+      kl, kl_stderr                  mean of l_pi(y) - l_ref(y) over policy samples y, and its standard error
+      mean_length, reference_mean_length, stop_rate
+                                     completion tokens (eos included), fraction of policy samples with eos
+      samples                        ``num_examples`` policy samples {prompt, completion, reward, log_ratio}
+    """
+    if not prompts or samples_per_prompt < 1:
+        raise ValueError(f"need prompts and samples: got {len(prompts)} prompts, {samples_per_prompt} each")
+    eos_id, pad_id = _special_ids(tokenizer)
+    k = samples_per_prompt
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    options = dict(
+        num_samples=k, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, batch_size=batch_size
+    )
+    # Separate random streams: the win rate compares independent samples, and reusing one seed would
+    # couple them (with policy == reference every pair would be a tie).
+    ys = sample(policy, prompt_ids, seed=2 * seed, **options)
+    ys_ref = sample(reference, prompt_ids, seed=2 * seed + 1, **options)
+
+    repeated_ids = [p for p in prompt_ids for _ in range(k)]
+    logp = completion_logprobs(policy, repeated_ids, ys, pad_id, batch_size)
+    logp_ref = completion_logprobs(reference, repeated_ids, ys, pad_id, batch_size)
+    log_ratio = logp - logp_ref
+
+    repeated_prompts = [p for p in prompts for _ in range(k)]
+    texts = [decode(tokenizer, y) for y in ys]
+    rewards = torch.tensor([reward_fn(p, t) for p, t in zip(repeated_prompts, texts)], dtype=torch.float64)
+    ref_rewards = torch.tensor(
+        [reward_fn(p, decode(tokenizer, y)) for p, y in zip(repeated_prompts, ys_ref)], dtype=torch.float64
+    )
+
+    # All k x k pairs within a prompt: the same expectation as one pair each, with less noise.
+    r, r_ref = rewards.view(-1, k, 1), ref_rewards.view(-1, 1, k)
+    win_rate = ((r > r_ref).double() + 0.5 * (r == r_ref).double()).mean()
+
+    n = len(ys)
+    lengths = torch.tensor([len(y) for y in ys], dtype=torch.float64)
+    examples = [
+        {
+            "prompt": repeated_prompts[i],
+            "completion": texts[i],
+            "reward": rewards[i].item(),
+            "log_ratio": log_ratio[i].item(),
+        }
+        for i in range(0, n, k)[:num_examples]  # the first sample of each of the first prompts
+    ]
+    return {
+        "gold_reward": rewards.mean().item(),
+        "gold_reward_std": rewards.std(correction=0).item(),
+        "reference_gold_reward": ref_rewards.mean().item(),
+        "win_rate": win_rate.item(),
+        "kl": log_ratio.mean().item(),
+        "kl_stderr": (log_ratio.std() / n**0.5).item() if n > 1 else 0.0,
+        "mean_length": lengths.mean().item(),
+        "reference_mean_length": sum(len(y) for y in ys_ref) / n,
+        "stop_rate": sum(y[-1] == eos_id for y in ys) / n,
+        "num_samples": n,
+        "samples": examples,
+    }
