@@ -17,7 +17,7 @@ book: $(VENV)/.installed
 
 ## The test suite: lint, unit tests, and the notebooks under nbval.
 test: $(VENV)/.installed
-	$(BIN)/ruff check unified_rlhf tests scripts benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 ## Symbolic + autograd verification of every objective, one row per method.

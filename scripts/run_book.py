@@ -25,7 +25,8 @@ def main(prefixes: list[str]) -> int:
     for path in notebooks:
         start = time.time()
         notebook = nbformat.read(path, as_version=4)
-        client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
+        here = {"metadata": {"path": str(BOOK)}}  # run with the notebooks folder as working directory
+        client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources=here)
         client.execute()
         nbformat.write(notebook, path)
         print(f"{path.name:40s} {time.time() - start:6.1f} s", flush=True)

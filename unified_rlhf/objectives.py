@@ -150,9 +150,11 @@ def _prepare_batch(obj: Objective, batch: dict, needed: tuple):
         kind = first.dtype if torch.is_tensor(first) else type(first).__name__
         raise TypeError(f"{obj.name}: '{policy[0]}' must be a floating-point tensor, got {kind}")
     dtype, device = first.dtype, first.device
-    token_level = any(torch.is_tensor(batch[n]) and batch[n].dim() == 2 for n in needed if n in obj.token_vars)
-    if token_level and obj.level != "token":
-        raise ValueError(f"{obj.name} is defined on sequence log-probs; got 2-D input(s). Pass sums [B].")
+    two_d = [n for n in needed if torch.is_tensor(batch[n]) and batch[n].dim() == 2]
+    if two_d and obj.level != "token":
+        raise ValueError(f"{obj.name} is defined on sequence log-probs; got 2-D input(s) {two_d}. Pass sums [B].")
+    # token view: the policy log-probs come per token; other token inputs may be per token or per sequence
+    token_level = any(n in two_d for n in policy if n in obj.token_vars)
     values = {}
     for name in needed:
         x = batch[name]
@@ -166,7 +168,7 @@ def _prepare_batch(obj: Objective, batch: dict, needed: tuple):
             raise TypeError(f"{obj.name}: input '{name}' has dtype {x.dtype}, but '{policy[0]}' has {dtype}")
         if x.device != device:
             raise ValueError(f"{obj.name}: input '{name}' is on {x.device}, '{policy[0]}' on {device}")
-        per_token = token_level and name in obj.token_vars
+        per_token = token_level and name in obj.token_vars and x.dim() == 2
         mask = batch.get(_MASK_OF.get(name, "mask")) if per_token else None
         if per_token and mask is None:
             raise KeyError(f"{obj.name}: per-token input '{name}' needs its mask '{_MASK_OF[name]}'")
@@ -319,7 +321,7 @@ register(Objective(
     paper="TRPO, Schulman et al. 2015, arXiv 1502.05477 (penalty form)",
     defaults={"beta": (1.0, "PPO paper's initial KL coefficient; TRPO proper uses a constraint "
                             "delta = 0.01 (baselines code), not a penalty")},
-    level="token", token_vars=("logp", "old_logp"), max_log_ratio=30.0,
+    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
     note="The unconstrained penalty form; the natural-gradient step with a line search is not implemented."))
 
 register(Objective(
@@ -328,7 +330,7 @@ register(Objective(
     defaults={"beta": (1.0, "PPO paper, initial value of the adapted coefficient")},
     trainer_defaults={"kl_target": 0.01, "source": "PPO paper: d_targ = 0.01; halve beta if "
                       "KL < d_targ/1.5, double if KL > 1.5 d_targ"},
-    level="token", token_vars=("logp", "old_logp"), max_log_ratio=30.0,
+    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
     note="Same loss as trpo; beta is adapted after each update by adapt_kl_coefficient()."))
 
 
@@ -343,7 +345,7 @@ def adapt_kl_coefficient(beta: float, kl: float, target: float) -> float:
 
 @objective("ppo_clip", shape="single", family="online", data="online",
            paper="PPO-clip, Schulman et al. 2017, arXiv 1707.06347",
-           defaults={"eps": (0.2, "PPO paper")}, level="token", token_vars=("logp", "old_logp"),
+           defaults={"eps": (0.2, "PPO paper")}, level="token", token_vars=("logp", "old_logp", "advantage"),
            max_log_ratio=30.0,
            seed=lambda m, v, eps: (m.exp(v.logp - v.old_logp) * v.advantage
                                    * m.step(1 + eps - m.exp(v.logp - v.old_logp)),),
@@ -360,7 +362,7 @@ def ppo_clip(m, v, eps):
 @objective("apa", shape="single", family="online", data="online",
            paper="APA, Zhu et al. 2023, arXiv 2306.02231",
            defaults={"lam": (0.1, "official code: 1/lambda = 10")}, level="token",
-           token_vars=("logp", "old_logp"),
+           token_vars=("logp", "old_logp", "advantage"),
            seed=lambda m, v, lam: (v.advantage - (v.logp - v.old_logp),),
            seed_note="The seed writes w = r - log(pi/pi_ref). Exactly w = 2(A/lambda - log(pi/pi_old)): a "
                      "factor 2 and the 1/lambda scale of the target log-ratio.")
