@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pyproject_pins() -> dict:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    extras = {k: v for k, v in project["optional-dependencies"].items() if k != "bench"}  # bench: optional TRL
+    requirements = project["dependencies"] + [r for extra in extras.values() for r in extra]
     return dict(re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.+]+)", r).groups() for r in requirements)
 
 

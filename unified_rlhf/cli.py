@@ -1,4 +1,10 @@
-"""Command line: `unified-rlhf list | show NAME | verify [--all | NAMES]`."""
+"""Command line.
+
+  unified-rlhf list | show NAME | verify [--all | NAMES]
+  unified-rlhf train --method NAME [--config FILE] [--max-steps N] [--out DIR] [--resume | --overwrite]
+  unified-rlhf evaluate DIR
+  unified-rlhf data build [--out data] [--seed 0] [--overwrite]
+"""
 
 from __future__ import annotations
 
@@ -63,6 +69,68 @@ def cmd_verify(args) -> int:
     return 1 if failed or not logprob_ok else 0
 
 
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from .config import default_config, load_config
+    from .trainer import train
+
+    overrides = {k: v for k, v in {"max_steps": args.max_steps, "out": args.out, "model": args.model,
+                                   "data_dir": args.data_dir, "seed": args.seed, "lr": args.lr,
+                                   "batch_size": args.batch_size}.items() if v is not None}
+    hyperparameters = {}
+    for item in args.hp:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--hp expects key=value, got '{item}'")
+        hyperparameters[key] = _parse_value(value)
+    if args.config:
+        config = load_config(args.config, **overrides)
+        if args.method and args.method != config.method:
+            raise ValueError(f"--method {args.method} disagrees with the config's method {config.method}")
+        config.hyperparameters.update(hyperparameters)
+    elif args.method:
+        config = default_config(args.method, hyperparameters=hyperparameters, **overrides)
+    else:
+        raise ValueError("train needs --method NAME or --config FILE")
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+    print(f"run written to {config.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(Path(args.run), samples_per_prompt=args.samples, prompts=args.prompts)
+    for sample in result.pop("samples", [])[:args.show]:
+        print(f"  {sample['reward']:.2f}  {sample['prompt']} | {sample['completion']}")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_data_build(args) -> int:
+    import json
+
+    from .build import build
+
+    report = build(args.out, seed=args.seed, sft_steps=args.sft_steps, overwrite=args.overwrite)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unified-rlhf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +143,38 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", help="objectives to verify (default: all)")
     verify.add_argument("--all", action="store_true", help="verify every registered objective")
     verify.set_defaults(run=cmd_verify)
+
+    train = sub.add_parser("train", help="train a method on the book's task (or your data and model)")
+    train.add_argument("--method", help="objective name (see `list`)")
+    train.add_argument("--config", help="JSON or YAML file of TrainConfig fields")
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--out", help="run directory (default runs/METHOD)")
+    train.add_argument("--model", help="starting model: local directory or hub id (default data/reference)")
+    train.add_argument("--data-dir")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                       help="objective hyperparameter, e.g. --hp beta=0.2 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="gold reward, KL and win rate of a trained run")
+    evaluate.add_argument("run", help="run directory written by `train`")
+    evaluate.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    evaluate.add_argument("--prompts", type=int, default=200, help="number of held-out prompts")
+    evaluate.add_argument("--show", type=int, default=5, help="samples to print")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    data = sub.add_parser("data", help="the book's data and reference model")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    build = data_sub.add_parser("build", help="regenerate data/ and data/reference from a seed")
+    build.add_argument("--out", default="data")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--sft-steps", type=int, default=2000)
+    build.add_argument("--overwrite", action="store_true", help="replace existing built data")
+    build.set_defaults(run=cmd_data_build)
     return parser
 
 
@@ -82,7 +182,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+    except (KeyError, ValueError, TypeError, OSError) as error:
         # bad input from the user: one clear line, no traceback from deep inside a library
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"unified-rlhf {args.command}: error: {message}", file=sys.stderr)

@@ -235,3 +235,39 @@ def evaluate_policy(
         "num_samples": n,
         "samples": examples,
     }
+
+
+def evaluate_run(run_dir, samples_per_prompt: int = 4, prompts: int = 200, seed: int = 0) -> dict:
+    """Evaluate a run directory written by the trainer: its final model (or last checkpoint) against
+    its reference on the held-out prompts. The result is also written to run_dir/evaluation.json."""
+    import json
+    from pathlib import Path
+
+    from .data import load_rows
+    from .trainer import load_model, load_tokenizer
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
+    config = json.loads(config_path.read_text())
+    model_dir = next((run_dir / d for d in ("model", "checkpoint") if (run_dir / d).is_dir()), None)
+    if model_dir is None:
+        raise FileNotFoundError(f"{run_dir} holds no model/ or checkpoint/ to evaluate")
+    if config["method"] == "rm":
+        from .trainer import reward_model_accuracy
+
+        result = reward_model_accuracy(load_model(str(model_dir), reward_head=True), load_tokenizer(str(model_dir)),
+                                       Path(config["data_dir"]) / "pairs_test.jsonl", config["max_length"])
+    else:
+        policy, tokenizer = load_model(str(model_dir)), load_tokenizer(str(model_dir))
+        reference = load_model(config.get("reference") or config["model"])
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        held_out = [r["prompt"] for r in load_rows(Path(config["data_dir"]) / "prompts_test.jsonl", "prompts")]
+        result = evaluate_policy(policy.to(device), reference.to(device), tokenizer, held_out[:prompts],
+                                 samples_per_prompt=samples_per_prompt, max_new_tokens=config["max_new_tokens"],
+                                 seed=seed)
+    result = {"method": config["method"], "model": str(model_dir)} | result
+    (run_dir / "evaluation.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"},
+                                                        indent=2))
+    return result

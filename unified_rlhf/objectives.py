@@ -162,10 +162,9 @@ def _prepare_batch(obj: Objective, batch: dict, needed: tuple):
             raise TypeError(f"{obj.name}: input '{name}' must be a torch.Tensor, got {type(x).__name__}")
         if name in policy and not x.is_floating_point():
             raise TypeError(f"{obj.name}: input '{name}' must be a floating-point tensor, got {x.dtype}")
-        if x.dtype == torch.bool or not x.is_floating_point():
-            x = x.to(dtype)
-        elif x.dtype != dtype:
+        if name in policy and x.dtype != dtype:
             raise TypeError(f"{obj.name}: input '{name}' has dtype {x.dtype}, but '{policy[0]}' has {dtype}")
+        x = x.to(dtype)  # constants (lengths, labels, rewards) follow the policy's precision
         if x.device != device:
             raise ValueError(f"{obj.name}: input '{name}' is on {x.device}, '{policy[0]}' on {device}")
         per_token = token_level and name in obj.token_vars and x.dim() == 2

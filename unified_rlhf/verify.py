@@ -81,6 +81,7 @@ def autograd_weights(obj, batch: dict, **hp):
 
 
 def scalar_error(obj, n: int = 256, extreme: bool = False, seed: int = 0, **hp) -> float:
+    obj = objectives.get(obj)
     options = {k: v for k, v in hp.items() if k in obj.options}
     batch = sample_inputs(obj, n, extreme, seed, **options)
     closed, auto, loss = autograd_weights(obj, batch, **hp)
@@ -91,6 +92,7 @@ def scalar_error(obj, n: int = 256, extreme: bool = False, seed: int = 0, **hp) 
 
 def compiled_error(obj, n: int = 64, seed: int = 1, **hp) -> float:
     """The derived weights compiled to torch (lambdify) against the closed-form torch weights."""
+    obj = objectives.get(obj)
     options = {k: v for k, v in hp.items() if k in obj.options}
     batch = sample_inputs(obj, n, False, seed, **options)
     values = obj.hyperparameters(**hp)
@@ -126,13 +128,16 @@ def _random_tokens(g, n, lo, hi):
 
 
 def model_error(obj, batch_size: int = 4, seed: int = 0, side: str = "right", level: str | None = None,
-                **hp) -> float:
+                model=None, **hp) -> float:
     """Relative error ||grad L - assembled|| / ||grad L|| over all parameters of a tiny GPT-2.
 
     level='token' feeds per-token log-probs to methods defined per token (the default for them);
-    level='sequence' gives them summed log-probs instead: the bandit view of the source text."""
+    level='sequence' gives them summed log-probs instead: the bandit view of the source text.
+    model: any causal LM (a scalar-head model for reward-model objectives), e.g. the book's reference
+    in float64; default a tiny random GPT-2."""
+    obj = objectives.get(obj)
     g = torch.Generator().manual_seed(seed)
-    model = tiny_gpt2(seed, reward_head=obj.shape == "reward_model")
+    model = model if model is not None else tiny_gpt2(seed, reward_head=obj.shape == "reward_model")
     params = [p for p in model.parameters() if p.requires_grad]
     prompts = _random_tokens(g, batch_size, 1, 4)
     options = {k: v for k, v in hp.items() if k in obj.options}
