@@ -89,11 +89,11 @@ def test_logged_weights_follow_the_dpo_formula(tmp_path):
 
 
 def test_truncation_and_dropped_rows_are_counted(tmp_path):
-    trainer = Trainer(small("dpo", tmp_path / "run", max_length=9))
+    trainer = Trainer(small("dpo", tmp_path / "run", max_length=6))
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["truncated_completions"] > 0 and report["dropped_rows"] > 0
     assert report["examples"] + report["dropped_rows"] == report["rows"]
-    assert all(len(e["prompt"]) + len(c) <= 9 for e in trainer.examples for c in e["completions"])
+    assert all(len(e["prompt"]) + len(c) <= 6 for e in trainer.examples for c in e["completions"])
 
 
 def test_bad_row_names_file_row_and_field(tmp_path):

@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import evaluate_run
 
-    result = evaluate_run(Path(args.run), samples_per_prompt=args.samples, prompts=args.prompts)
+    result = evaluate_run(Path(args.run_dir), samples_per_prompt=args.samples, prompts=args.prompts)
     for sample in result.pop("samples", [])[:args.show]:
         print(f"  {sample['reward']:.2f}  {sample['prompt']} | {sample['completion']}")
     print(json.dumps(result, indent=2))
@@ -134,15 +134,15 @@ def cmd_data_build(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unified-rlhf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every objective with its family, data kind and paper").set_defaults(run=cmd_list)
+    sub.add_parser("list", help="every objective with its family, data kind and paper").set_defaults(handler=cmd_list)
     show = sub.add_parser("show", help="one objective: loss, weights, defaults, source-text comparison")
     show.add_argument("name")
     show.add_argument("--latex", action="store_true", help="also print the loss as LaTeX")
-    show.set_defaults(run=cmd_show)
+    show.set_defaults(handler=cmd_show)
     verify = sub.add_parser("verify", help="symbolic + autograd verification, one row per method")
     verify.add_argument("names", nargs="*", help="objectives to verify (default: all)")
     verify.add_argument("--all", action="store_true", help="verify every registered objective")
-    verify.set_defaults(run=cmd_verify)
+    verify.set_defaults(handler=cmd_verify)
 
     train = sub.add_parser("train", help="train a method on the book's task (or your data and model)")
     train.add_argument("--method", help="objective name (see `list`)")
@@ -158,14 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="objective hyperparameter, e.g. --hp beta=0.2 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(handler=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="gold reward, KL and win rate of a trained run")
-    evaluate.add_argument("run", help="run directory written by `train`")
+    evaluate.add_argument("run_dir", metavar="RUN", help="run directory written by `train`")
     evaluate.add_argument("--samples", type=int, default=4, help="samples per prompt")
     evaluate.add_argument("--prompts", type=int, default=200, help="number of held-out prompts")
     evaluate.add_argument("--show", type=int, default=5, help="samples to print")
-    evaluate.set_defaults(run=cmd_evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     data = sub.add_parser("data", help="the book's data and reference model")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -174,14 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--sft-steps", type=int, default=2000)
     build.add_argument("--overwrite", action="store_true", help="replace existing built data")
-    build.set_defaults(run=cmd_data_build)
+    build.set_defaults(handler=cmd_data_build)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except (KeyError, ValueError, TypeError, OSError) as error:
         # bad input from the user: one clear line, no traceback from deep inside a library
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
