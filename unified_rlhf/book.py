@@ -61,7 +61,7 @@ def seed_differences(names=None) -> list[dict]:
     return rows
 
 
-def paired_weight_curve(name: str, margins: torch.Tensor, base: float = -20.0, **hp):
+def paired_weight_curve(name: str, margins: torch.Tensor, base: float = -1000.0, **hp):
     """w+ and w- of a paired method against the margin: l+- = base +- Delta/2, reference log-probs at
     `base`, |y| = 1 (so reference-free methods see the same log-prob gap)."""
     obj = objectives.get(name)
