@@ -63,13 +63,14 @@ class TrainConfig:
 TASK_DEFAULTS = {
     "sft": dict(lr=2e-3, batch_size=64, max_steps=150),
     "crlft": dict(lr=1e-3, batch_size=64),
-    "vpg": dict(lr=2e-4, kl_coef=0.0, batch_size=16, samples_per_prompt=4),
-    "trpo": dict(lr=2e-4, batch_size=16, update_epochs=2),
-    "ppo_kl": dict(lr=2e-4, batch_size=16, update_epochs=2),
-    "ppo_clip": dict(lr=2e-4, batch_size=16, update_epochs=2),
-    "apa": dict(lr=2e-4, batch_size=16, update_epochs=2),
-    "rloo": dict(lr=2e-4, batch_size=16, samples_per_prompt=2),
-    "grpo": dict(lr=2e-4, batch_size=8, samples_per_prompt=8, kl_coef=0.0),
+    # online: 100 updates of 64 samples (16 prompts x 4, or 32 x 2 for RLOO's k = 2) take ~2 minutes
+    "vpg": dict(lr=2e-4, kl_coef=0.0, batch_size=16, samples_per_prompt=4, max_steps=100),
+    "trpo": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
+    "ppo_kl": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
+    "ppo_clip": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
+    "apa": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
+    "rloo": dict(lr=2e-4, batch_size=32, samples_per_prompt=2, max_steps=100),
+    "grpo": dict(lr=2e-4, batch_size=8, samples_per_prompt=8, kl_coef=0.0, max_steps=100),
     "rm": dict(lr=1e-3, batch_size=32, max_steps=200),
 }
 

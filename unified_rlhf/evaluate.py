@@ -243,8 +243,9 @@ def evaluate_run(run_dir, samples_per_prompt: int = 4, prompts: int = 200, seed:
     import json
     from pathlib import Path
 
+    from . import objectives
     from .data import load_rows
-    from .trainer import load_model, load_tokenizer
+    from .trainer import evaluation_prompts, load_model, load_tokenizer
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -264,6 +265,7 @@ def evaluate_run(run_dir, samples_per_prompt: int = 4, prompts: int = 200, seed:
         reference = load_model(config.get("reference") or config["model"])
         device = "cuda" if torch.cuda.is_available() else "cpu"
         held_out = [r["prompt"] for r in load_rows(Path(config["data_dir"]) / "prompts_test.jsonl", "prompts")]
+        held_out = evaluation_prompts(objectives.get(config["method"]), held_out)
         result = evaluate_policy(policy.to(device), reference.to(device), tokenizer, held_out[:prompts],
                                  samples_per_prompt=samples_per_prompt, max_new_tokens=config["max_new_tokens"],
                                  seed=seed)

@@ -281,8 +281,9 @@ def sft(m, v, length_normalize):
 
 @objective("crlft", shape="single", family="supervised", data="sft_tagged",
            paper="OpenChat C-RLFT, Wang et al. 2023, arXiv 2309.11235",
-           trainer_defaults={"source_weights": {"expert": 1.0, "suboptimal": 0.1},
-                             "source": "OpenChat paper: r_c = 1 for expert (GPT-4), 0.1 for sub-optimal data"},
+           trainer_defaults={"source_weights": {"expert": 1.0, "suboptimal": 0.1}, "inference_tag": "expert",
+                             "source": "OpenChat paper: r_c = 1 for expert (GPT-4), 0.1 for sub-optimal data; "
+                                       "inference conditions on the expert tag"},
            seed=lambda m, v, **_: (v.source_weight,),
            seed_note="Same weights; the seed writes the sub-optimal class as w- ~ -0.1, i.e. a push *up* of "
                      "0.1 in our sign convention. The source tag sits in the prompt and is chosen at inference.")

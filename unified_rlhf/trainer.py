@@ -63,7 +63,7 @@ def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as error:
-        raise FileNotFoundError(f"no tokenizer at '{path}' (neither a local directory nor on the hub): {error}") from None
+        raise FileNotFoundError(f"no tokenizer at '{path}' (not a local directory, not on the hub): {error}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked everywhere, any id will do
     return tokenizer
@@ -96,12 +96,23 @@ class Encoder:
         return completion
 
 
+def tag_prompt(source: str, prompt: str) -> str:
+    """C-RLFT's class-conditioned prompt: the source tag goes in front of the prompt."""
+    return f"{source} : {prompt}"
+
+
+def evaluation_prompts(objective, prompts: list[str]) -> list[str]:
+    """Prompts as the method is used at inference: C-RLFT conditions on its best (expert) tag."""
+    tag = objective.trainer_defaults.get("inference_tag")
+    return [tag_prompt(tag, p) for p in prompts] if tag else prompts
+
+
 def encode_rows(rows, kind: str, encoder: Encoder, source_weights: dict | None = None) -> tuple[list, dict]:
     """Rows of a data kind -> a list of examples (token ids plus scalars); counts what was cut or dropped."""
     examples = []
     for row in rows:
         if kind == "sft_tagged":
-            row = dict(row, prompt=f"{row['source']} : {row['prompt']}")  # C-RLFT: the class tag in the prompt
+            row = dict(row, prompt=tag_prompt(row["source"], row["prompt"]))
         prompt = encoder.prompt(row["prompt"])
         texts = {"paired": ("chosen", "rejected"), "ranked": ()}.get(kind, ("completion",))
         if kind == "online":
@@ -473,6 +484,7 @@ class Trainer:
                 model, self.tokenizer, Path(cfg.data_dir) / "pairs_test.jsonl", cfg.max_length)
         else:
             prompts = [r["prompt"] for r in load_rows(Path(cfg.data_dir) / "prompts_test.jsonl", "prompts")]
+            prompts = evaluation_prompts(self.objective, prompts)
             if self.reference is None:  # reference-free methods still report KL to the starting model
                 self.reference = load_model(cfg.reference or cfg.model).to(self.accelerator.device).eval()
             result = evaluate.evaluate_policy(model, self.reference, self.tokenizer, prompts[:cfg.eval_prompts],
