@@ -97,6 +97,7 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields")
+    values.pop("objective_hyperparameters", None)  # written by a run for the reader; derived, not a setting
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

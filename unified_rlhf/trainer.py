@@ -214,7 +214,9 @@ class Trainer:
                     target = self.out / name
                     shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            resolved = self.config.to_dict() | {  # the objective's defaults as this run used them
+                "objective_hyperparameters": self.objective.hyperparameters(**self.config.hyperparameters)}
+            (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
             (self.out / "data_report.json").write_text(json.dumps(self.data_report, indent=2))
         self.accelerator.wait_for_everyone()
 
