@@ -78,6 +78,16 @@ def _parse_value(text: str):
         return text
 
 
+def _assignments(items: list[str], flag: str) -> dict:
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} expects key=value, got '{item}'")
+        values[key] = _parse_value(value)
+    return values
+
+
 def cmd_train(args) -> int:
     import json
 
@@ -87,12 +97,8 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "out": args.out, "model": args.model,
                                    "data_dir": args.data_dir, "seed": args.seed, "lr": args.lr,
                                    "batch_size": args.batch_size}.items() if v is not None}
-    hyperparameters = {}
-    for item in args.hp:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--hp expects key=value, got '{item}'")
-        hyperparameters[key] = _parse_value(value)
+    hyperparameters = _assignments(args.hp, "--hp")
+    overrides |= _assignments(args.set, "--set")
     if args.config:
         config = load_config(args.config, **overrides)
         if args.method and args.method != config.method:
@@ -156,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                        help="objective hyperparameter, e.g. --hp beta=0.2 (repeatable)")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="any TrainConfig field, e.g. --set samples_per_prompt=8 --set kl_coef=0.02")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     train.set_defaults(handler=cmd_train)

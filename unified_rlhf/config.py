@@ -76,6 +76,10 @@ TASK_DEFAULTS = {
 
 
 def default_config(method: str, **overrides) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(known)}")
     values = {**TASK_DEFAULTS.get(method, {}), **overrides}
     return TrainConfig(method=method, **values)
 

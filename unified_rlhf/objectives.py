@@ -40,7 +40,7 @@ class Objective:
     paper: str
     defaults: dict = field(default_factory=dict)  # coefficient -> (value, source): symbols in SymPy
     options: dict = field(default_factory=dict)  # structural choices, plain Python values
-    trainer_defaults: dict = field(default_factory=dict)  # settings outside the loss (group size...)
+    trainer_defaults: dict = field(default_factory=dict)  # settings outside the loss the trainer reads
     level: str = "sequence"  # "token": defined per token; the sequence (bandit) view also works
     token_vars: tuple = ()  # inputs given per token in the token-level view
     max_log_ratio: float = 1e3  # |log-ratio| range over which the loss is finite (exp() limits)
@@ -374,10 +374,9 @@ def apa(m, v, lam):
 
 @objective("rloo", shape="single", family="online", data="online",
            paper="RLOO, Ahmadian et al. 2024, arXiv 2402.14740",
-           trainer_defaults={"group_size": 2, "kl_coef": 0.05,
-                             "source": "RLOO paper: k in {2, 4}, beta 0.03-0.05 in the reward"},
            note="advantage = leave-one-out advantages of the KL-shaped rewards (rloo_advantages). "
-                "For k = 2: w+ = w- = (R+ - R-)/2, exactly a paired objective.")
+                "For k = 2: w+ = w- = (R+ - R-)/2, exactly a paired objective. Paper: k in {2, 4}, KL "
+                "coefficient 0.03-0.05 in the reward (TrainConfig.samples_per_prompt, kl_coef).")
 def rloo(m, v):
     return -v.advantage * v.logp, (v.advantage,)
 
@@ -394,10 +393,10 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
 @objective("grpo", shape="single", family="online", data="online",
            paper="GRPO, DeepSeekMath, Shao et al. 2024, arXiv 2402.03300",
            defaults={"eps": (0.2, "DeepSeekMath / TRL"), "beta": (0.04, "DeepSeekMath")},
-           trainer_defaults={"group_size": 64, "source": "DeepSeekMath: G = 64 (scaled down for this task)"},
            level="token", token_vars=("logp", "old_logp", "ref_logp"), max_log_ratio=30.0,
            note="Per token; 1/|o_i| inside the loss and the batch mean give DeepSeekMath's gradient "
-                "coefficient (A + beta (pi_ref/pi - 1)) / (G |o_i|) (their Eq. 21).")
+                "coefficient (A + beta (pi_ref/pi - 1)) / (G |o_i|) (their Eq. 21). Paper: G = 64 "
+                "(TrainConfig.samples_per_prompt, scaled down for this task).")
 def grpo(m, v, eps, beta):
     ratio = m.exp(v.logp - v.old_logp)
     surrogate = m.minimum(ratio * v.advantage, m.clip(ratio, 1 - eps, 1 + eps) * v.advantage)
