@@ -42,8 +42,13 @@ def load_model(path: str, reward_head: bool = False, dtype=None):
     logging.disable_progress_bar()  # a bar per 1M-parameter load is noise in logs and notebooks
     _check_model_path(path)
     try:
-        if reward_head:
-            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        if reward_head:  # the new scalar head is expected to be missing from an LM checkpoint: no report
+            verbosity = logging.get_verbosity()
+            logging.set_verbosity_error()
+            try:
+                return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            finally:
+                logging.set_verbosity(verbosity)
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as error:
         raise FileNotFoundError(f"model '{path}' is neither a local model directory nor on the hub: {error}") from None
