@@ -141,3 +141,24 @@ def test_two_processes_match_one(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     torch.testing.assert_close(parameters(tmp_path / "two" / "model"), parameters(tmp_path / "one" / "model"),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_shaped_returns_put_the_reward_on_the_last_completion_token(tmp_path):
+    """With no KL penalty every completion token's return-to-go is the sequence reward, so after
+    whitening all tokens of a sequence share one advantage, ordered as the rewards are."""
+    trainer = Trainer(small("ppo_clip", tmp_path / "run", kl_coef=0.0, samples_per_prompt=4))
+    sample = trainer.rollout(list(range(4)))
+    advantages = trainer._advantages(sample)
+    mask = sample["mask"]
+    for row in range(len(advantages)):
+        values = advantages[row][mask[row]]
+        torch.testing.assert_close(values, values[:1].expand_as(values))
+    per_sequence = torch.stack([advantages[r][mask[r]][0] for r in range(len(advantages))])
+    assert torch.equal(per_sequence.argsort(), sample["reward"].argsort()) or sample["reward"].unique().numel() < len(
+        advantages)
+
+
+def test_ppo_kl_measures_the_kl_after_the_update(tmp_path):
+    Trainer(small("ppo_kl", tmp_path / "run", update_epochs=1, max_steps=2)).train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["policy_kl_old"] > 0 for r in rows)  # measured on the updated policy, not before the step

@@ -27,6 +27,7 @@ from . import evaluate, objectives, task
 from .config import TrainConfig
 from .data import load_rows
 from .logprobs import pad_batch, sequence_rewards, token_logprobs
+from .symbolic import TORCH
 
 DATA_FILES = {"sft": "sft", "sft_tagged": "sft_tagged", "online": "prompts", "paired": "pairs",
               "unpaired": "unpaired", "ranked": "ranked", "scored": "scored"}
@@ -389,8 +390,9 @@ class Trainer:
         if name == "grpo":  # group-standardised outcome reward; GRPO's KL sits in the loss
             return objectives.grpo_advantages(reward.view(-1, k)).flatten()
         # PPO family and APA: per-token rewards -kl_coef * log(pi/pi_ref), plus r at the last token
-        # (Ziegler et al. 2019); returns-to-go with gamma = 1, whitened (no learned critic here)
-        last = mask.sum(-1).long() - 1
+        # (Ziegler et al. 2019); returns-to-go with gamma = 1, whitened (no learned critic here).
+        # Columns cover prompt and completion: the last completion token is the last masked column.
+        last = (torch.arange(mask.shape[-1], device=mask.device) * mask).argmax(-1)
         token_rewards = -cfg.kl_coef * kl_tokens
         token_rewards[torch.arange(len(reward)), last] += reward
         returns = token_rewards.flip(-1).cumsum(-1).flip(-1)
@@ -438,7 +440,9 @@ class Trainer:
                 loss = out.loss.mean()
                 metrics["grad_norm"] = self.optimizer_step(loss)
             weights = out.weights
-            metrics |= _online_metrics(sample, batch, self.objective, hp)
+            with torch.no_grad():  # the policy after this step's updates, for KL(pi_old || pi)
+                updated = self._sequences(sample["pairs"], per_token=True)[0]
+            metrics |= _online_metrics(sample, batch, updated, self.objective, hp)
             if self.objective.name == "ppo_kl":
                 beta = self.objective.hyperparameters(**hp)["beta"]
                 self.state["kl_beta"] = objectives.adapt_kl_coefficient(
@@ -576,21 +580,23 @@ def _offline_metrics(batch: dict) -> dict:
     return out
 
 
-def _online_metrics(sample: dict, batch: dict, obj, hp: dict) -> dict:
+def _online_metrics(sample: dict, batch: dict, updated: torch.Tensor, obj, hp: dict) -> dict:
+    """reward, KL of the samples to the reference, and, per token: KL(pi_old || pi) after the update
+    (what PPO's adaptive rule measures) and the fraction of tokens whose gradient the clip cut in the
+    last update epoch."""
     mask = sample["mask"].float()
+    tokens = mask.sum()
+    log_ratio = (updated - sample["old"]) * mask
     out = {"reward_mean": sample["reward"].mean().item(),
            "sample_kl": ((sample["old"] - sample["ref"]) * mask).sum(-1).mean().item(),
-           "sample_length": mask.sum(-1).mean().item()}
-    new = batch["logp"].detach()
-    old = batch["old_logp"]
-    log_ratio = (new - old) * (mask if new.dim() == 2 else 1)
-    out["policy_kl_old"] = ((log_ratio.exp() - 1) - log_ratio).sum(-1).mean().item() if new.dim() == 2 else \
-        ((log_ratio.exp() - 1) - log_ratio).mean().item()
+           "sample_length": mask.sum(-1).mean().item(),
+           "policy_kl_old": (((log_ratio.exp() - 1 - log_ratio) * mask).sum() / tokens).item()}
     if "eps" in obj.defaults:
-        eps = hp.get("eps", obj.defaults["eps"][0])
-        ratio = log_ratio.exp()
-        clipped = ((ratio > 1 + eps) | (ratio < 1 - eps)).float()
-        out["clip_fraction"] = ((clipped * mask).sum() / mask.sum()).item() if new.dim() == 2 else clipped.mean().item()
+        eps = obj.hyperparameters(**hp)["eps"]
+        ratio = (batch["logp"].detach() - batch["old_logp"]).exp()
+        advantage = batch["advantage"] if batch["advantage"].dim() == ratio.dim() else batch["advantage"].unsqueeze(-1)
+        clipped = 1 - objectives.unclipped(TORCH, ratio, advantage, eps)
+        out["clip_fraction"] = ((clipped * mask).sum() / tokens).item() if ratio.dim() == 2 else clipped.mean().item()
     return out
 
 
