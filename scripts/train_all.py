@@ -49,7 +49,8 @@ def main():
               flush=True)
     lines = ["| method | reference gold reward | gold reward | KL(pi‖ref) | win rate | train s | note |",
              "|---|---|---|---|---|---|---|"]
-    for method, r in summary.items():
+    for method in [m for m in objectives.REGISTRY if m in summary]:
+        r = summary[method]
         if "gold_reward" in r:
             lines.append(f"| {method} | {r['reference_gold_reward']:.3f} | {r['gold_reward']:.3f} | {r['kl']:.2f} | "
                          f"{r['win_rate']:.2f} | {r['train_seconds']:.0f} | {r['note']} |")
