@@ -17,7 +17,6 @@ import sympy as sp
 from . import objectives
 from .symbolic import POLICY_VARIABLES, SYMBOLS, SYMPY, VARIABLES, derive_weights, hyper_symbol, to_torch
 
-V = sp.Tuple  # placeholder so the name exists before the namespace below is built
 V = type("SharedSymbols", (), dict(SYMBOLS))  # V.logp_chosen, V.ref_logp, ... (the shared symbols)
 hyper = hyper_symbol
 

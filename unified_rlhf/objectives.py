@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from types import SimpleNamespace
 
 import sympy as sp
 import torch
@@ -136,8 +137,6 @@ _MASK_OF = {"logp": "mask", "old_logp": "mask", "ref_logp": "mask", "logp_chosen
 
 def _prepare_batch(obj: Objective, batch: dict, needed: tuple):
     """Check the inputs and bring them to a common shape; every error names the argument."""
-    from types import SimpleNamespace
-
     if not isinstance(batch, dict):
         raise TypeError(f"{obj.name}: batch must be a dict of tensors, got {type(batch).__name__}")
     policy = POLICY_VARIABLES[obj.shape]
