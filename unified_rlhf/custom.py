@@ -1,10 +1,10 @@
 """Your own objective from nothing but a SymPy loss.
 
-    import sympy as sp
     from unified_rlhf.custom import objective_from_sympy, V, hyper
+    from unified_rlhf.symbolic import LogSigmoid
     beta = hyper("beta")
     delta = (V.logp_chosen - V.ref_logp_chosen) - (V.logp_rejected - V.ref_logp_rejected)
-    obj = objective_from_sympy("my_loss", sp.log(1 + sp.exp(-beta * delta)) ** 2, defaults={"beta": 0.1})
+    obj = objective_from_sympy("my_loss", LogSigmoid(beta * delta) ** 2, defaults={"beta": 0.1})
 
 gives the derived weights, a torch loss, torch weight functions, and everything ``verify`` checks.
 Symbols are matched by name, so ``sp.Symbol("logp_chosen")`` works as well as ``V.logp_chosen``.
