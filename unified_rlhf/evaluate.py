@@ -244,7 +244,6 @@ def evaluate_run(run_dir, samples_per_prompt: int = 4, prompts: int = 200, seed:
     from pathlib import Path
 
     from . import objectives
-    from .data import load_rows
     from .trainer import evaluation_prompts, load_model, load_tokenizer
 
     run_dir = Path(run_dir)
@@ -264,8 +263,7 @@ def evaluate_run(run_dir, samples_per_prompt: int = 4, prompts: int = 200, seed:
         policy, tokenizer = load_model(str(model_dir)), load_tokenizer(str(model_dir))
         reference = load_model(config.get("reference") or config["model"])
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        held_out = [r["prompt"] for r in load_rows(Path(config["data_dir"]) / "prompts_test.jsonl", "prompts")]
-        held_out = evaluation_prompts(objectives.get(config["method"]), held_out)
+        held_out = evaluation_prompts(objectives.get(config["method"]), config["data_dir"])
         result = evaluate_policy(policy.to(device), reference.to(device), tokenizer, held_out[:prompts],
                                  samples_per_prompt=samples_per_prompt, max_new_tokens=config["max_new_tokens"],
                                  seed=seed)

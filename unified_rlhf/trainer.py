@@ -107,8 +107,9 @@ def tag_prompt(source: str, prompt: str) -> str:
     return f"{source} : {prompt}"
 
 
-def evaluation_prompts(objective, prompts: list[str]) -> list[str]:
-    """Prompts as the method is used at inference: C-RLFT conditions on its best (expert) tag."""
+def evaluation_prompts(objective, data_dir) -> list[str]:
+    """The held-out prompts, as the method is used at inference: C-RLFT conditions on its expert tag."""
+    prompts = [r["prompt"] for r in load_rows(Path(data_dir) / "prompts_test.jsonl", "prompts")]
     tag = objective.trainer_defaults.get("inference_tag")
     return [tag_prompt(tag, p) for p in prompts] if tag else prompts
 
@@ -494,8 +495,7 @@ class Trainer:
             result = {"step": self.step} | reward_model_accuracy(
                 model, self.tokenizer, Path(cfg.data_dir) / "pairs_test.jsonl", cfg.max_length)
         else:
-            prompts = [r["prompt"] for r in load_rows(Path(cfg.data_dir) / "prompts_test.jsonl", "prompts")]
-            prompts = evaluation_prompts(self.objective, prompts)
+            prompts = evaluation_prompts(self.objective, cfg.data_dir)
             if self.reference is None:  # reference-free methods still report KL to the starting model
                 self.reference = load_model(cfg.reference or cfg.model).to(self.accelerator.device).eval()
             result = evaluate.evaluate_policy(model, self.reference, self.tokenizer, prompts[:cfg.eval_prompts],
