@@ -53,10 +53,15 @@ def our_config(args, out: str):
 
 
 def run_ours(args, tmp: str, sync) -> dict:
-    from unified_rlhf.trainer import Trainer, batch_indices
+    from unified_rlhf.data import batch_indices
+    from unified_rlhf.trainer import Trainer
 
-    trainer = Trainer(our_config(args, tmp))  # reference log-probs are computed here, once, and cached
+    config = our_config(args, tmp)
+    config.reference_cache = str(Path(tmp) / "reference_cache")
+    trainer = Trainer(config)
     n, seed = len(trainer.examples), trainer.config.seed
+    for side in ("side0", "side1"):  # reference log-probs: computed once before timing, as TRL's precompute
+        trainer.reference_logprobs(side, range(n))
     tokens = [sum(2 * len(e["prompt"]) + len(e["completions"][0]) + len(e["completions"][1])
                   for e in (trainer.examples[i] for i in batch_indices(step, args.batch_size, n, seed)))
               for step in range(args.warmup + args.steps)]
@@ -74,7 +79,8 @@ def run_trl(args, tmp: str, sync, precompute: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from unified_rlhf.trainer import Encoder, batch_indices
+    from unified_rlhf.data import batch_indices
+    from unified_rlhf.models import Encoder
 
     cfg = our_config(args, tmp)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)

@@ -1,8 +1,9 @@
 """The command line: list, show, verify (exit status reflects failures)."""
 
+import pytest
 import sympy as sp
 
-from unified_rlhf import cli, objectives
+from unified_rlhf import __version__, cli, objectives
 from unified_rlhf.custom import V, objective_from_sympy
 
 
@@ -40,3 +41,19 @@ def test_verify_exits_non_zero_on_a_wrong_objective(capsys):
         assert "FAIL" in capsys.readouterr().out
     finally:
         objectives.REGISTRY.pop(wrong.name)
+
+
+def test_help_keeps_the_usage_lines_apart_and_version_is_printed(capsys):
+    text = cli.build_parser().format_help()
+    assert "\n  unified-rlhf list | show NAME" in text and "\n  unified-rlhf evaluate DIR\n" in text
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"unified-rlhf {__version__}"
+
+
+def test_count_arguments_are_range_checked(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "runs/x", "--prompts", "-3"])
+    assert "--prompts: expected an integer >= 1, got -3" in capsys.readouterr().err
+    assert cli._parse_value("inf") == float("inf") and cli._parse_value("nope") == "nope"
+    assert cli._parse_value("false") is False and cli._parse_value("2.5") == 2.5

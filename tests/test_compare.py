@@ -6,8 +6,11 @@ import math
 from pathlib import Path
 
 import pytest
+import sympy as sp
 
 from unified_rlhf import cli, compare, objectives, trainer
+
+compare_sweeps = compare.sweeps
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -16,12 +19,14 @@ DATA = ROOT / "data"
 def test_plan_covers_every_policy_method_once():
     planned = {p.method for p in compare.plan()}
     policies = {n for n, o in objectives.REGISTRY.items() if o.shape != "reward_model"}
-    assert planned | set(compare.SAME_AS) == policies
-    assert not planned & set(compare.SAME_AS)  # an alias is never trained twice
-    for alias, twin in compare.SAME_AS.items():  # aliases really are their twin's loss
+    twins = compare.twins()
+    assert planned | set(twins) == policies and set(twins) == {"gpo_logistic", "una_pairwise"}
+    assert not planned & set(twins)  # an alias is never trained twice
+    for alias, twin in twins.items():  # aliases really are their twin's loss
         assert objectives.get(alias).data == objectives.get(twin).data
+        assert sp.simplify(objectives.get(alias).sympy_loss() - objectives.get(twin).sympy_loss()) == 0
     points = compare.plan(["gpo_logistic", "dpo"])
-    assert [p.method for p in points] == ["dpo"] * len(compare.SWEEP["dpo"][1])
+    assert [p.method for p in points] == ["dpo"] * len(compare.sweeps()["dpo"][1])
 
 
 def test_knob_goes_to_the_objective_or_the_config(tmp_path):
@@ -71,7 +76,7 @@ def tiny(tmp_path, monkeypatch):
     """A one-point DPO sweep on 16 pairs, two steps, evaluated on 4 prompts."""
     rows = (DATA / "pairs_train.jsonl").read_text().splitlines()[:16]
     (tmp_path / "pairs.jsonl").write_text("\n".join(rows) + "\n")
-    monkeypatch.setitem(compare.SWEEP, "dpo", ("beta", (0.1,)))
+    monkeypatch.setattr(compare, "sweeps", lambda: compare_sweeps() | {"dpo": ("beta", (0.1,))})
     return dict(out=tmp_path / "out", work=tmp_path / "work", progress=False, max_steps=2, batch_size=4,
                 eval_prompts=4, max_new_tokens=8, data_dir=str(DATA), model=str(DATA / "reference"),
                 data_file=str(tmp_path / "pairs.jsonl"))

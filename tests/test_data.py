@@ -155,3 +155,13 @@ def test_write_jsonl_checks_rows_before_writing(tmp_path):
     with pytest.raises(ValueError):  # NaN is not JSON, even without a kind to check against
         write_jsonl([{**GOOD["scored"], "score": float("nan")}], path)
     assert not path.exists()
+
+
+def test_ranked_rows_with_another_number_of_completions_name_file_row_and_the_first_row(tmp_path):
+    path = tmp_path / "ranked.jsonl"
+    ranked = GOOD["ranked"]
+    short = {**ranked, "completions": ranked["completions"][:2], "rewards": ranked["rewards"][:2]}
+    path.write_text(f"{json.dumps(GOOD['ranked'])}\n\n{json.dumps(GOOD['ranked'])}\n{json.dumps(short)}\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}, row 4, field 'completions': 2 completions, but row 1 "
+                                                  "has 3 (every row needs the same number)")):
+        load_rows(path, "ranked")

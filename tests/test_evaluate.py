@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from unified_rlhf import task
-from unified_rlhf.evaluate import (
-    completion_logprobs,
-    decode,
-    encode_prompts,
-    evaluate_policy,
-    sample,
-)
+from unified_rlhf.evaluate import completion_logprobs, evaluate_policy, sample
+from unified_rlhf.models import Encoder
 
 EOS, PAD = task.EOS_ID, task.PAD_ID
 
@@ -42,6 +37,10 @@ def model(tokenizer):
     torch.manual_seed(0)
     config = task.reference_config(len(tokenizer), n_layer=1, n_head=2, n_embd=32)
     return GPT2LMHeadModel(config).eval()
+
+
+def encode_prompts(tokenizer, prompts):
+    return Encoder(tokenizer).prompts(prompts)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +75,8 @@ def greedy_without_cache(model, prompt, max_new_tokens):
 def test_encode_and_decode(tokenizer):
     [ids] = encode_prompts(tokenizer, ["the film was"])
     assert ids[0] == EOS and len(ids) == 4
-    assert decode(tokenizer, ids[1:] + [EOS]) == "the film was"
-    assert decode(tokenizer, [EOS, PAD]) == ""
+    assert Encoder(tokenizer).decode(ids[1:] + [EOS]) == "the film was"
+    assert Encoder(tokenizer).decode([EOS, PAD]) == ""
 
 
 def test_sample_is_reproducible(model, prompt_ids):

@@ -7,6 +7,7 @@ import torch
 
 from unified_rlhf import objectives, verify
 from unified_rlhf.objectives import REGISTRY
+from unified_rlhf.symbolic import TORCH
 
 REQUIRED = ("sft crlft vpg trpo ppo_clip ppo_kl apa rloo grpo rm unlikelihood dpo cdpo ipo slic rrhf orpo "
             "simpo kto una una_pairwise una_score gpo_logistic gpo_hinge gpo_squared gpo_exponential "
@@ -69,20 +70,6 @@ def test_ppo_clip_case_analysis():
     (w,) = ppo.weights({"logp": -1 + log_ratio, "old_logp": torch.full((5,), -1.0), "advantage": advantage})
     ratio = log_ratio.exp()
     torch.testing.assert_close(w, torch.stack([0 * ratio[0], -ratio[1], ratio[2], 0 * ratio[3], ratio[4]]))
-
-
-def test_rloo_with_two_samples_is_the_paired_form():
-    rewards = torch.tensor([[1.5, -0.5], [0.2, 0.7]])
-    advantages = objectives.rloo_advantages(rewards)
-    half_gap = (rewards[:, 0] - rewards[:, 1]) / 2
-    torch.testing.assert_close(advantages[:, 0], half_gap)  # w+ on the better sample
-    torch.testing.assert_close(-advantages[:, 1], half_gap)  # w- = -w on the other
-
-
-def test_grpo_advantages_are_standardised_per_group():
-    a = objectives.grpo_advantages(torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
-    torch.testing.assert_close(a[0], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-3, rtol=0)
-    assert torch.equal(a[1], torch.zeros(3))
 
 
 def test_rrhf_ranked_loss_equals_the_paired_objective_for_two_responses():
@@ -208,3 +195,77 @@ def test_unlikelihood_gradient_is_finite_when_a_rejected_token_is_certain(dtype)
     p = torch.tensor([0.0, -0.5, -3.0], dtype=torch.float64).exp()
     expected = torch.cat([torch.zeros(2, dtype=torch.float64), p[1:] / (1 - p[1:])]).to(dtype)  # dL/dl = w- = p/(1-p)
     torch.testing.assert_close(logp_rejected.grad[0], expected)
+
+
+# ------------------------------------------------------------------------ logged weights where floats run out
+def _weights_and_autograd(name, batch, policy_keys, **hp):
+    policy = [batch[k].requires_grad_() for k in policy_keys]
+    out = objectives.get(name)(batch, **hp)
+    grads = torch.autograd.grad(out.loss.sum(), policy, allow_unused=True)
+    return out.weights, tuple(s * g for s, g in zip((-1.0, 1.0), grads))
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "grpo"])
+@pytest.mark.parametrize("dtype, log_ratio", [(torch.float32, 100.0), (torch.float32, 89.0), (torch.float64, 800.0)])
+def test_clipped_weight_is_zero_not_nan_where_the_ratio_overflows(name, dtype, log_ratio):
+    # A > 0 and ratio > 1 + eps: the clip holds, the weight is 0; exp(log_ratio) is inf in this dtype
+    logp = torch.tensor([-1e-3, -2.0], dtype=dtype)
+    batch = {"logp": logp, "old_logp": logp - log_ratio, "advantage": torch.tensor([1.0, 0.5], dtype=dtype),
+             "ref_logp": logp, "length": torch.ones(2, dtype=dtype)}
+    (w,), (auto,) = _weights_and_autograd(name, batch, ["logp"])
+    assert torch.equal(w, torch.zeros_like(w)) and torch.equal(auto, torch.zeros_like(auto)), (w, auto)
+
+
+def test_orpo_weights_at_a_log_prob_of_exactly_zero_are_autograds():
+    batch = {"logp_chosen": torch.tensor([0.0, -1.0, 0.0]), "logp_rejected": torch.tensor([-2.0, 0.0, 0.0]),
+             "len_chosen": torch.tensor([3.0, 3.0, 1.0]), "len_rejected": torch.tensor([2.0, 2.0, 1.0])}
+    weights, auto = _weights_and_autograd("orpo", batch, ["logp_chosen", "logp_rejected"])
+    for w, a in zip(weights, auto):
+        assert torch.isfinite(w).all(), weights
+        torch.testing.assert_close(w, a, rtol=1e-6, atol=1e-30)
+
+
+def test_unlikelihood_weight_at_a_certain_rejected_token_is_zero_not_nan():
+    batch = {"logp_chosen": torch.tensor([-1.0, -1.0]), "logp_rejected": torch.tensor([[0.0, -1.0], [-0.5, -0.0]]),
+             "mask_rejected": torch.ones(2, 2)}
+    (_, w_minus), (_, auto) = _weights_and_autograd("unlikelihood", batch, ["logp_chosen", "logp_rejected"])
+    assert torch.isfinite(w_minus).all() and w_minus[0, 0] == 0 and w_minus[1, 1] == 0
+    torch.testing.assert_close(w_minus, auto)
+
+
+def test_the_guards_leave_every_finite_weight_and_gradient_bit_for_bit():
+    """The book compares its runs byte for byte: where nothing overflowed, the weights (signs of zero
+    included) and the gradients are exactly what the unguarded formulas gave."""
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(64, generator=g) * 3
+    old = (logp + torch.randn(64, generator=g) * 0.5).clamp(max=-1e-3)
+    advantage = torch.randn(64, generator=g)
+    eps = 0.2
+    x = logp.clone().requires_grad_()
+    ratio = torch.exp(x - old)
+    surrogate = torch.minimum(ratio * advantage, torch.clamp(ratio, 1 - eps, 1 + eps) * advantage)
+    passes = 1 - ((advantage > 0) & (ratio > 1 + eps)).float() - ((advantage < 0) & (ratio < 1 - eps)).float()
+    (expected_grad,) = torch.autograd.grad(-surrogate.sum(), x)
+    (w,), (auto,) = _weights_and_autograd("ppo_clip", {"logp": logp.clone(), "old_logp": old, "advantage": advantage},
+                                          ["logp"])
+    expected = ratio.detach() * advantage * passes
+    assert torch.equal(w, expected) and torch.equal(w.signbit(), expected.signbit()) and (passes == 0).any()
+    assert torch.equal(auto, -expected_grad)
+
+    lc, lr = -torch.rand(64, generator=g) * 5 - 0.01, -torch.rand(64, generator=g) * 5 - 0.01
+    n_c, n_r = torch.randint(1, 9, (64,), generator=g).float(), torch.randint(1, 9, (64,), generator=g).float()
+    (w_plus, w_minus), _ = _weights_and_autograd("orpo", {"logp_chosen": lc, "logp_rejected": lr, "len_chosen": n_c,
+                                                          "len_rejected": n_r}, ["logp_chosen", "logp_rejected"])
+    mp, mm = lc / n_c, lr / n_r
+    z = (mp - TORCH.log1mexp(mp)) - (mm - TORCH.log1mexp(mm))
+    assert torch.equal(w_plus, 1 / n_c - 0.1 * TORCH.sigmoid(-z) / (torch.expm1(mp) * n_c))
+    assert torch.equal(w_minus, -0.1 * TORCH.sigmoid(-z) / (torch.expm1(mm) * n_r))
+
+    tokens = -torch.rand(4, 16, generator=g) * 3
+    tokens[0, :4] = -1e-7  # some clamped tokens (1 - p < kappa)
+    (_, w_minus), _ = _weights_and_autograd("unlikelihood", {"logp_chosen": -torch.ones(4), "logp_rejected": tokens,
+                                                             "mask_rejected": torch.ones(4, 16)},
+                                            ["logp_chosen", "logp_rejected"])
+    not_clamped = (-torch.expm1(tokens) - 1e-5 > 0).float()
+    expected = 1.0 * not_clamped / torch.expm1(-tokens)
+    assert torch.equal(w_minus, expected) and torch.equal(w_minus.signbit(), expected.signbit())

@@ -1,9 +1,9 @@
 """Set-up files agree with each other, so the conda and pip routes install the same thing."""
 
 import re
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 

@@ -45,21 +45,39 @@ def test_plot_weights_line_and_band_per_weight(with_minus, drawn):
     assert list(ax.lines[0].get_ydata()) == [0.5] * 5
 
 
-def test_plot_frontier_connects_each_method_in_order_of_kl():
-    rows = [
+def frontier_rows():
+    return [
         {"method": "dpo", "kl": 3.0, "gold_reward": 0.9},
         {"method": "dpo", "kl": 1.0, "gold_reward": 0.7},
         {"method": "ipo", "kl": 2.0, "gold_reward": 0.8},
         {"method": "kto", "kl": 0.5, "gold_reward": 0.6},
-        {"method": "dpo", "kl": 2.0, "gold_reward": 0.8},
+        {"method": "dpo", "kl": 2.0, "gold_reward": 0.65},  # beaten by a point with less KL: off the envelope
     ]
+
+
+def test_plot_frontier_scatters_every_point_and_joins_each_envelope():
     fig, ax = plt.subplots()
-    assert plots.plot_frontier(rows, ax=ax, reference=0.4) is ax
-    assert len(ax.lines) == 4  # three methods and the reference line
+    assert plots.plot_frontier(frontier_rows(), ax=ax, reference=0.4, methods=["dpo", "ipo"]) is ax
+    assert len(ax.lines) == 3  # two envelopes and the reference line
     dpo = ax.lines[0]
-    assert list(dpo.get_xdata()) == [1.0, 2.0, 3.0] and list(dpo.get_ydata()) == [0.7, 0.8, 0.9]
-    assert len({line.get_marker() for line in ax.lines[:3]}) == 3
-    assert len({line.get_color() for line in ax.lines[:3]}) == 3
+    assert list(dpo.get_xdata()) == [1.0, 3.0] and list(dpo.get_ydata()) == [0.7, 0.9]
+    assert [len(c.get_offsets()) for c in ax.collections] == [3, 1]  # every point of each method
+    assert ax.lines[0].get_marker() != ax.lines[1].get_marker()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dpo", "ipo", "reference"]
+
+
+def test_frontier_panels_share_their_axes():
+    fig = plots.plot_frontier_panels(frontier_rows(), {"one": ["dpo"], "two": ["ipo", "kto"], "three": ["kto"]})
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["one", "two", "three"] and len(fig.axes) == 4
+    assert len({ax.get_xlim() for ax in visible}) == 1 and len({ax.get_ylim() for ax in visible}) == 1
+    assert visible[0].get_xlim()[0] == 0 and visible[0].get_xlim()[1] >= 3.0  # the largest KL of any panel shows
+
+
+def test_best_within_heat_map_leaves_missing_budgets_blank():
+    fig = plots.plot_best_within({"dpo": {1.0: 0.7, 5.0: 0.9}, "kto": {5.0: 0.6}}, (1.0, 5.0))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["0.70", "0.90", "0.60"]
 
 
 def test_plot_weight_atlas_one_curve_per_method():

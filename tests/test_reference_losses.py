@@ -43,7 +43,11 @@ def test_dpo_as_trl_sigmoid(paired):
     check("dpo", paired, lambda b: -F.logsigmoid(0.1 * dpo_logits(b)))
 
 
-def test_cdpo_as_trl_label_smoothing(paired):
+# cDPO as Mitchell's note (2023) and HALOs write it. Not TRL's DPO loss: TRL 1.16's DPOTrainer ignores
+# label_smoothing for loss_type="sigmoid", and its loss_type="robust" is rDPO (Chowdhury et al. 2024,
+# arXiv 2403.00409), a different objective. CPOTrainer's label-smoothed sigmoid has this form without a
+# reference model.
+def test_cdpo_as_label_smoothed_sigmoid(paired):
     ls = 0.15
     check("cdpo", paired, lambda b: -F.logsigmoid(0.1 * dpo_logits(b)) * (1 - ls)
           - F.logsigmoid(-0.1 * dpo_logits(b)) * ls, eps=ls)
@@ -144,7 +148,9 @@ def test_ppo_clip_surrogate():
     check("ppo_clip", batch, ppo)
 
 
-def test_grpo_per_token_as_trl():
+# DeepSeekMath's per-token GRPO loss (TRL's loss_type="grpo" with use_bias_correction_kl=False). TRL 1.16's
+# defaults differ: loss_type="dapo", beta=0, and the k3 term multiplied by pi/pi_old.
+def test_grpo_per_token_as_deepseekmath():
     g = torch.Generator().manual_seed(5)
     B, T = 6, 7
     mask = torch.arange(T).expand(B, T) < torch.randint(1, T + 1, (B, 1), generator=g)
@@ -206,8 +212,9 @@ def test_unlikelihood_as_welleck_per_token():
     torch.testing.assert_close(out.weights[1] * mask, grad, rtol=1e-7, atol=1e-12)
 
 
-def test_methods_reference_weight_formulas(paired):
-    """The weights as ../shared/METHODS.md writes them, evaluated independently."""
+def test_weights_against_hand_written_formulas(paired):
+    """The closed-form weights as derived from the papers' losses (ORPO, cDPO, IPO), written out by hand
+    and evaluated independently of the package."""
     b = paired
     chosen, rejected = b["logp_chosen"] / b["len_chosen"], b["logp_rejected"] / b["len_rejected"]
     p_chosen, p_rejected = chosen.exp(), rejected.exp()

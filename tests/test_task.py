@@ -289,3 +289,48 @@ def test_reference_config_builds_a_small_gpt2(tokenizer_dir):
     ids = torch.tensor([[task.EOS_ID, *tokenizer("the film was good .")["input_ids"]]])
     logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+# ----------------------------------------------------------------------------------------------
+# Package layout: task/ is split by job, and every submodule stands on its own.
+
+# Each submodule and the sibling submodules it may load (the import graph is a DAG: no cycles).
+SUBMODULES = {"reward": set(), "grammar": {"reward"}, "rows": {"grammar", "reward"}, "model": set()}
+
+
+@pytest.mark.parametrize("name", sorted(SUBMODULES))
+def test_each_submodule_imports_alone(name):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(task.__file__).parent
+    # A fresh interpreter with empty stand-ins for unified_rlhf and unified_rlhf.task, so the re-exports in
+    # task/__init__.py cannot mask an import cycle or a missing import; print the sibling modules it loaded.
+    code = f"""
+import importlib, sys, types
+for pkg, path in (("unified_rlhf", {str(package.parent)!r}), ("unified_rlhf.task", {str(package)!r})):
+    sys.modules[pkg] = types.ModuleType(pkg)
+    sys.modules[pkg].__path__ = [path]
+importlib.import_module("unified_rlhf.task.{name}")
+print(" ".join(sorted(m.rsplit(".", 1)[1] for m in sys.modules if m.startswith("unified_rlhf.task."))))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == SUBMODULES[name] | {name}
+
+
+def test_package_re_exports_every_public_name():
+    import importlib
+    import types
+
+    found = set()
+    for name in SUBMODULES:
+        module = importlib.import_module(f"unified_rlhf.task.{name}")
+        for attribute, value in vars(module).items():
+            if attribute.startswith("_") or isinstance(value, types.ModuleType):
+                continue
+            if getattr(value, "__module__", module.__name__) == module.__name__:  # skips imported classes
+                assert getattr(task, attribute) is value, (name, attribute)
+                found.add(attribute)
+    assert found == set(task.__all__)

@@ -12,13 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from unified_rlhf import cli, objectives
+from unified_rlhf import advantages, cli, evaluate, objectives
 from unified_rlhf.config import default_config
-from unified_rlhf.trainer import Trainer, load_model
+from unified_rlhf.models import load_model
+from unified_rlhf.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "reference").is_dir(), reason="data/ not built")  # always built in git
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_cache(tmp_path_factory):
+    """Reference log-probs are shared between this module's runs, not with the user's cache."""
+    directory = tmp_path_factory.mktemp("reference_cache")
+    previous = os.environ.get("UNIFIED_RLHF_CACHE")
+    os.environ["UNIFIED_RLHF_CACHE"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["UNIFIED_RLHF_CACHE"]
+    else:
+        os.environ["UNIFIED_RLHF_CACHE"] = previous
 
 
 def small(method, out, **overrides):
@@ -34,7 +48,9 @@ def test_every_method_takes_finite_steps(method, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
-        assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]) and math.isfinite(row["w_plus_mean"])
+        weights = [v for k, v in row.items() if k.startswith(("w_plus", "w_minus"))]  # a batch may hold one side
+        assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]) and weights
+        assert all(math.isfinite(w) for w in weights)
     assert (tmp_path / method / "model" / "model.safetensors").exists()
 
 
@@ -65,18 +81,27 @@ def test_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path):
         Trainer(small("sft", tmp_path / "fresh", max_steps=1), resume=True)
 
 
-def test_reference_log_probs_are_computed_once_and_aligned(tmp_path):
-    trainer = Trainer(small("dpo", tmp_path / "run"))
-    reference = trainer.reference
+def test_reference_log_probs_are_lazy_aligned_and_shared_between_runs(tmp_path, reference_cache):
+    cache_dir = tmp_path / "cache"
+    trainer = Trainer(small("dpo", tmp_path / "run", reference_cache=str(cache_dir)))
+    assert trainer.reference_cache.computed_blocks == 0 and not cache_dir.exists()  # nothing before it is needed
     indices = [5, 0, 17, 3]
     batch, _ = trainer.offline_inputs(indices)
+    assert trainer.reference_cache.computed_blocks == 2  # one block of rows for each side, not the whole file
     with torch.no_grad():  # recompute the reference log-probs of exactly these rows
-        chosen = trainer._sequences([(trainer.examples[i]["prompt"], trainer.examples[i]["completions"][0])
-                                     for i in indices], reference)[0]
+        chosen = trainer.logprobs([(trainer.examples[i]["prompt"], trainer.examples[i]["completions"][0])
+                                   for i in indices], trainer.reference)[0]
     torch.testing.assert_close(batch["ref_logp_chosen"], chosen)
-    reference.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError("reference called during training"))
-    trainer.train()
-    assert (tmp_path / "run" / "reference_logps.pt").exists()
+    [stored] = list(cache_dir.iterdir())
+
+    again = Trainer(small("dpo", tmp_path / "again", reference_cache=str(cache_dir)))
+    again.reference.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError("reference called again"))
+    torch.testing.assert_close(again.offline_inputs(indices)[0]["ref_logp_chosen"], batch["ref_logp_chosen"],
+                               rtol=0, atol=0)
+    assert again.reference_cache.computed_blocks == 0
+    other = Trainer(small("dpo", tmp_path / "other", reference_cache=str(cache_dir), max_length=20))
+    other.offline_inputs(indices)  # another encoding of the rows: another key, another file
+    assert other.reference_cache.computed_blocks == 2 and len(list(cache_dir.iterdir())) == 2 and stored.exists()
 
 
 def test_logged_weights_follow_the_dpo_formula(tmp_path):
@@ -147,18 +172,85 @@ def test_shaped_returns_put_the_reward_on_the_last_completion_token(tmp_path):
     """With no KL penalty every completion token's return-to-go is the sequence reward, so after
     whitening all tokens of a sequence share one advantage, ordered as the rewards are."""
     trainer = Trainer(small("ppo_clip", tmp_path / "run", kl_coef=0.0, samples_per_prompt=4))
-    sample = trainer.rollout(list(range(4)))
-    advantages = trainer._advantages(sample)
-    mask = sample["mask"]
-    for row in range(len(advantages)):
-        values = advantages[row][mask[row]]
+    rollout = trainer.rollout(list(range(4)))
+    advantage = trainer.advantages(rollout)["advantage"]
+    mask = rollout.mask
+    for row in range(len(advantage)):
+        values = advantage[row][mask[row]]
         torch.testing.assert_close(values, values[:1].expand_as(values))
-    per_sequence = torch.stack([advantages[r][mask[r]][0] for r in range(len(advantages))])
-    assert torch.equal(per_sequence.argsort(), sample["reward"].argsort()) or sample["reward"].unique().numel() < len(
-        advantages)
+    per_sequence = torch.stack([advantage[r][mask[r]][0] for r in range(len(advantage))])
+    assert torch.equal(per_sequence.argsort(), rollout.reward.argsort()) or rollout.reward.unique().numel() < len(
+        advantage)
 
 
 def test_ppo_kl_measures_the_kl_after_the_update(tmp_path):
     Trainer(small("ppo_kl", tmp_path / "run", update_epochs=1, max_steps=2)).train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["policy_kl_old"] > 0 for r in rows)  # measured on the updated policy, not before the step
+
+
+class BestOfGroup:
+    """A new estimator: +1 for the best sample of each prompt's group, 0 for the others."""
+
+    def __call__(self, rollout, kl_coef, state):
+        grouped = rollout.grouped(rollout.reward)
+        best = torch.nn.functional.one_hot(grouped.argmax(-1), rollout.group_size).float()
+        state["calls"] = state.get("calls", 0) + 1
+        return {"advantage": best.flatten()}
+
+
+def test_a_new_online_method_trains_without_touching_the_trainer(tmp_path):
+    def best_of_group(m, v):
+        return -v.advantage * v.logp, (v.advantage,)
+
+    steps = []
+    obj = objectives.register(objectives.Objective(
+        "test_best_of_group", best_of_group, shape="single", family="online", data="online", paper="a test",
+        advantage=BestOfGroup(), task_defaults=dict(samples_per_prompt=3)), overwrite=True)
+    try:
+        class Watch:
+            def on_rollout(self, trainer, rollout, estimated):
+                steps.append((rollout.group_size, estimated["advantage"].sum().item()))
+
+        trainer = Trainer(small("test_best_of_group", tmp_path / "run", samples_per_prompt=3), callbacks=[Watch()])
+        trainer.train()
+        assert steps == [(3, 4.0), (3, 4.0)]  # one best sample for each of the 4 prompts, each step
+        assert trainer.state["calls"] == 2
+        rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(r["loss"]) for r in rows)
+        assert obj.task_defaults == {"samples_per_prompt": 3}
+    finally:
+        del objectives.REGISTRY["test_best_of_group"]
+
+
+def test_training_sampling_and_evaluation_encode_prompts_alike(tmp_path, monkeypatch):
+    seen = []
+    real_sample = evaluate.sample
+
+    def recording(model, prompt_ids, **kwargs):
+        seen.append(prompt_ids)
+        return real_sample(model, prompt_ids, **kwargs)
+
+    monkeypatch.setattr(evaluate, "sample", recording)
+    trainer = Trainer(small("rloo", tmp_path / "run", eval_prompts=2, eval_samples=1))
+    first = trainer.examples[0]["text"]
+    trainer.rollout([0])
+    evaluated = tmp_path / "eval"
+    (evaluated).mkdir()
+    (evaluated / "prompts_test.jsonl").write_text(json.dumps({"prompt": first}) + "\n")
+    evaluate.evaluate_held_out(trainer.model, trainer.reference, trainer.tokenizer, evaluated, prompts=1,
+                               samples_per_prompt=1, max_new_tokens=4)
+    training, policy_eval, reference_eval = seen
+    assert training[0] == policy_eval[0] == reference_eval[0] == trainer.examples[0]["prompt"]
+
+
+def test_every_online_record_names_its_estimator_and_every_policy_a_sweep():
+    for name, obj in objectives.REGISTRY.items():
+        if obj.data == "online":
+            assert callable(obj.advantage), name
+        if obj.shape != "reward_model":
+            assert (obj.sweep is None) != (obj.same_as is None), name
+    with pytest.raises(ValueError, match="advantage estimator"):
+        objectives.register(objectives.Objective("x", lambda m, v: None, shape="single", family="online",
+                                                 data="online", paper=""))
+    assert isinstance(objectives.get("vpg").advantage, advantages.RunningBaseline)

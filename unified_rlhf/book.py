@@ -10,6 +10,7 @@ import sympy as sp
 import torch
 
 from . import objectives, symbolic, tables
+from .data import read_jsonl
 
 DELTA = sp.Symbol("Delta", real=True)
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,22 +85,35 @@ class Run:
 
 def load_run(path) -> Run:
     path = Path(path)
-
-    def rows(name):
-        file = path / name
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
-
-    return Run(path, rows("metrics.jsonl"), rows("eval.jsonl"), json.loads((path / "config.json").read_text()))
+    return Run(path, read_jsonl(path / "metrics.jsonl"), read_jsonl(path / "eval.jsonl"),
+               json.loads((path / "config.json").read_text()))
 
 
-def chapter_run(method: str, name: str | None = None, **overrides) -> Run:
+def chapter_run(method: str, name: str | None = None, callbacks=(), **overrides) -> Run:
     """Train `method` from the shipped reference into runs/book/<name> (replacing the chapter's previous
-    run there, which the book owns), without progress bars, and load what it logged."""
+    run there, which the book owns), without progress bars, and load what it logged. `callbacks` watch
+    the run (see trainer.py)."""
     from .config import default_config
     from .trainer import train
 
     out = ROOT / "runs" / "book" / (name or method)
     values = {"data_dir": str(ROOT / "data"), "model": str(ROOT / "data" / "reference"), "out": str(out),
               "progress": False} | overrides
-    train(default_config(method, **values), overwrite=True)
+    train(default_config(method, **values), overwrite=True, callbacks=callbacks)
     return load_run(out)
+
+
+def print_evals(run: Run, label: str = "", keys=("gold_reward", "kl", "win_rate")) -> tuple[dict, dict]:
+    """One line per held-out evaluation of a run (step, then `keys`); returns the first and the last."""
+    names = {"gold_reward": "gold reward", "kl": "KL", "win_rate": "win rate", "mean_length": "mean length"}
+    for e in run.evals:
+        cells = "   ".join(f"{names.get(k, k)} {e[k]:6.2f}" if k == "kl" else f"{names.get(k, k)} {e[k]:.3f}"
+                           for k in keys)
+        print(f"{label}{' ' if label else ''}step {e['step']:4d}   {cells}")
+    return run.evals[0], run.evals[-1]
+
+
+def mean(rows: list, key: str | None = None) -> float:
+    """The mean of a list of numbers, or of one key over a list of dicts."""
+    values = [r[key] for r in rows] if key is not None else list(rows)
+    return sum(values) / len(values)

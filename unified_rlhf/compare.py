@@ -1,16 +1,18 @@
-"""The reward-KL frontier: every method over a few values of its main knob, at equal compute.
+"""The reward-KL frontier: every method over a few values of its main knob, on an equal budget of examples.
 
     unified-rlhf compare [--methods dpo kto ...] [--out results/frontier] [--work runs/compare]
 
 Each sweep point (a method and one value of its knob) is trained from the reference with the task's
-defaults for everything else, for the same budget (`STEPS`: about a minute of this CPU whether the
-method learns from fixed data or from its own samples), and evaluated at four evenly spaced steps on
-held-out prompts: gold reward and KL(pi || pi_ref). A finished point is never trained again and an
-interrupted one resumes from its checkpoint, so the command can be stopped and re-run at will.
+defaults for everything else, for the same budget of examples (`STEPS`: 100 steps of 32 rows offline,
+50 steps of 16 prompts x 4 samples online, so 3,200 rows or samples per point; SFT and C-RLFT keep
+their 64-row batches and read 6,400), and evaluated at four evenly spaced steps on held-out prompts:
+gold reward and KL(pi || pi_ref). Gradient updates and seconds differ between methods and are
+reported beside each point (`examples`, `updates`, `train_seconds`). A finished point is never trained
+again and an interrupted one resumes from its checkpoint, so the command can be stopped and re-run at will.
 
-Writes to --out: `frontier.csv` (one row per point and evaluated step: method, knob, value, step,
-gold reward, KL, win rate, training seconds, device), `frontier.md` (the best gold reward each method
-reaches within a few KL budgets) and the figures `frontier.png` and `best_within_kl.png`.
+Writes to --out: `frontier.csv` (one row per point and evaluated step: method, knob, value, step, examples
+and updates used so far, gold reward, KL, win rate, training seconds, device), `frontier.md` (the best gold
+reward each method reaches within a few KL budgets) and the figures `frontier.png` and `best_within_kl.png`.
 """
 
 from __future__ import annotations
@@ -24,46 +26,31 @@ from pathlib import Path
 
 import torch
 
-from . import objectives
+from . import objectives, plots
+from .data import read_jsonl
+from .plots import pareto  # noqa: F401  (the frontier's envelope; chapters call it as compare.pareto)
 
-# The main knob of each method and the values swept: the paper's default in the middle where it has one.
-# A knob is an objective hyperparameter (beta, eps, lam, ...) or, for methods without one, a TrainConfig
-# field: the KL penalty folded into the reward for online methods, the learning rate for SFT-like ones.
-SWEEP: dict[str, tuple[str, tuple]] = {
-    "sft": ("lr", (2e-3,)),  # imitation only: one point, the baseline that ignores feedback
-    "crlft": ("lr", (5e-4, 1e-3, 2e-3)),
-    "vpg": ("kl_coef", (0.0, 0.05, 0.2)),
-    "trpo": ("beta", (0.3, 1.0, 3.0)),
-    "ppo_kl": ("kl_coef", (0.02, 0.05, 0.2)),
-    "ppo_clip": ("eps", (0.1, 0.2, 0.4)),
-    "apa": ("lam", (0.03, 0.1, 0.3)),
-    "rloo": ("kl_coef", (0.02, 0.05, 0.2)),
-    "grpo": ("beta", (0.0, 0.04, 0.2)),
-    "unlikelihood": ("alpha", (0.3, 1.0, 3.0)),
-    "dpo": ("beta", (0.05, 0.1, 0.5)),
-    "cdpo": ("beta", (0.05, 0.1, 0.5)),
-    "ipo": ("tau", (0.1, 0.5, 2.0)),
-    "slic": ("delta", (0.5, 1.0, 2.0)),
-    "rrhf": ("lr", (2.5e-4, 5e-4, 1e-3)),
-    "orpo": ("lam", (0.1, 0.5, 1.0)),
-    "simpo": ("beta", (1.0, 2.0, 5.0)),
-    "gpo_hinge": ("beta", (0.05, 0.1, 0.5)),
-    "gpo_squared": ("beta", (0.05, 0.1, 0.5)),
-    "gpo_exponential": ("beta", (0.05, 0.1, 0.5)),
-    "gpo_truncated_quadratic": ("beta", (0.05, 0.1, 0.5)),
-    "gpo_savage": ("beta", (0.05, 0.1, 0.5)),
-    "kto": ("beta", (0.05, 0.1, 0.5)),
-    "una": ("beta", (0.003, 0.01, 0.03)),
-    "una_score": ("beta", (0.01, 0.03, 0.1)),
-}
-# The same loss as another method, term for term (chapters 9 and 14 prove it): trained once, listed twice.
-SAME_AS = {"gpo_logistic": "dpo", "una_pairwise": "dpo"}
-# Equal compute: ~a minute each on two CPU cores (100 x 32 pairs offline; 50 x 64 samples online).
+
+# The main knob of each method and its values come from the method's record (`Objective.sweep`): a
+# hyperparameter (beta, eps, lam, ...) or, for methods without one, a TrainConfig field (the KL penalty
+# folded into the reward for online methods, the learning rate for SFT-like ones). A method whose loss is
+# another's term for term (`Objective.same_as`, proved in chapters 9 and 14) is trained once, listed twice.
+def sweeps() -> dict[str, tuple[str, tuple]]:
+    """method -> (knob, values), in registry order."""
+    return {name: obj.sweep for name, obj in objectives.REGISTRY.items() if obj.sweep is not None}
+
+
+def twins() -> dict[str, str]:
+    """alias -> the method trained in its place."""
+    return {name: obj.same_as for name, obj in objectives.REGISTRY.items() if obj.same_as is not None}
+
+
+# An equal budget of examples: 100 x 32 rows offline, 50 x 64 samples online (3,200 each).
 STEPS = {"offline": 100, "online": 50}
 EVALUATIONS = 4  # evenly spaced, the last at the final step
 KL_BUDGETS = (1.0, 2.0, 5.0, 10.0, 20.0, math.inf)
-COLUMNS = ("method", "knob", "value", "step", "gold_reward", "kl", "kl_stderr", "win_rate", "mean_length",
-           "train_seconds", "device", "trained_as")
+COLUMNS = ("method", "knob", "value", "step", "examples", "updates", "gold_reward", "kl", "kl_stderr", "win_rate",
+           "mean_length", "train_seconds", "device", "trained_as")
 
 
 @dataclass(frozen=True)
@@ -92,13 +79,14 @@ class Point:
 
 def plan(methods=None) -> list[Point]:
     """The sweep's points in a fixed order; `methods` narrows it (aliases in SAME_AS map to their twin)."""
-    names = list(methods) if methods else list(SWEEP)
+    sweep, same_as = sweeps(), twins()
+    names = list(methods) if methods else list(sweep)
     for name in names:
         objectives.get(name)  # an unknown name fails here, listing the known ones
-        if name not in SWEEP and name not in SAME_AS:
-            raise ValueError(f"{name} has no sweep: it trains a reward model, not a policy; sweepable: {list(SWEEP)}")
-    trained = list(dict.fromkeys(SAME_AS.get(name, name) for name in names))
-    return [Point(m, SWEEP[m][0], v) for m in trained for v in SWEEP[m][1]]
+        if name not in sweep and name not in same_as:
+            raise ValueError(f"{name} has no sweep: it trains a reward model, not a policy; sweepable: {list(sweep)}")
+    trained = list(dict.fromkeys(same_as.get(name, name) for name in names))
+    return [Point(m, sweep[m][0], v) for m in trained for v in sweep[m][1]]
 
 
 def device_name() -> str:
@@ -107,14 +95,10 @@ def device_name() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def finished(point: Point, work: Path, **overrides) -> bool:
     config = point.config(work, **overrides)
     out = Path(config.out)
-    evals = _read_jsonl(out / "eval.jsonl")
+    evals = read_jsonl(out / "eval.jsonl")
     return (out / "model").is_dir() and bool(evals) and evals[-1]["step"] == config.max_steps
 
 
@@ -132,35 +116,48 @@ def run_point(point: Point, work: Path, **overrides) -> list[dict]:
     return point_rows(point, out)
 
 
+def budget(config: dict, step: int) -> dict:
+    """What a run has used by `step`: examples read (rows offline, sampled completions online) and
+    optimiser updates (online methods take `update_epochs` passes over each batch of samples)."""
+    online = objectives.get(config["method"]).data == "online"
+    per_step = config["batch_size"] * (config["samples_per_prompt"] if online else 1)
+    return {"examples": step * per_step, "updates": step * (config["update_epochs"] if online else 1)}
+
+
 def point_rows(point: Point, out: Path, listed_as: str | None = None) -> list[dict]:
+    config = json.loads((out / "config.json").read_text())
     seconds, elapsed = {}, 0.0
-    for row in _read_jsonl(out / "metrics.jsonl"):  # training time to each step, evaluations excluded
+    for row in read_jsonl(out / "metrics.jsonl"):  # training time to each step, evaluations excluded
         elapsed += row["seconds"]
         seconds[row["step"]] = elapsed
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").exists() else ""
     return [{"method": listed_as or point.method, "knob": point.knob, "value": point.value, "step": e["step"],
-             "gold_reward": e["gold_reward"], "kl": e["kl"], "kl_stderr": e["kl_stderr"], "win_rate": e["win_rate"],
-             "mean_length": e["mean_length"], "train_seconds": round(seconds.get(e["step"], 0.0), 1),
-             "device": device, "trained_as": point.method if listed_as else ""}
-            for e in _read_jsonl(out / "eval.jsonl") if e["step"] > 0]
+             **budget(config, e["step"]), "gold_reward": e["gold_reward"], "kl": e["kl"], "kl_stderr": e["kl_stderr"],
+             "win_rate": e["win_rate"], "mean_length": e["mean_length"],
+             "train_seconds": round(seconds.get(e["step"], 0.0), 1), "device": device,
+             "trained_as": point.method if listed_as else ""}
+            for e in read_jsonl(out / "eval.jsonl") if e["step"] > 0]
 
 
 def reference_row(work: Path, **overrides) -> dict:
     """The starting model evaluated once, exactly as every point is evaluated (its KL is 0 by definition)."""
     from . import evaluate
-    from .trainer import evaluation_prompts, load_model, load_tokenizer
+    from .config import TrainConfig
+    from .models import load_model, load_tokenizer
 
     path = work / "reference.json"
     if path.exists():
         return json.loads(path.read_text())
-    config = Point("dpo", "beta", 0.1).config(work, **overrides)
+    # every point shares these fields (model, data, evaluation settings): the TrainConfig defaults,
+    # with the sweep's overrides; "sft" only stands in for the method field, which is not read here
+    config = TrainConfig(method="sft", **{k: v for k, v in overrides.items() if k != "max_steps"})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(config.model).to(device)
-    prompts = evaluation_prompts(objectives.get("dpo"), config.data_dir)[:config.eval_prompts]
-    result = evaluate.evaluate_policy(model, model, load_tokenizer(config.model), prompts,
-                                      samples_per_prompt=config.eval_samples, max_new_tokens=config.max_new_tokens,
-                                      seed=config.seed)
-    row = {"method": "reference", "knob": "", "value": "", "step": 0, "gold_reward": result["gold_reward"],
+    result = evaluate.evaluate_held_out(model, model, load_tokenizer(config.model), config.data_dir,
+                                        prompts=config.eval_prompts, samples_per_prompt=config.eval_samples,
+                                        max_new_tokens=config.max_new_tokens, seed=config.seed)
+    row = {"method": "reference", "knob": "", "value": "", "step": 0, "examples": 0, "updates": 0,
+           "gold_reward": result["gold_reward"],
            "kl": 0.0, "kl_stderr": 0.0, "win_rate": 0.5, "mean_length": result["mean_length"], "train_seconds": 0.0,
            "device": device_name(), "trained_as": ""}
     work.mkdir(parents=True, exist_ok=True)
@@ -176,7 +173,7 @@ def compare(methods=None, out="results/frontier", work="runs/compare", progress:
 
     out, work = Path(out), Path(work)
     points = plan(methods)
-    wanted = set(methods or [*SWEEP, *SAME_AS])
+    wanted = set(methods or [*sweeps(), *twins()])
     rows = [reference_row(work, **overrides)]
     bar = tqdm(points, desc="sweep", unit="point", disable=not progress)
     for point in bar:
@@ -186,7 +183,7 @@ def compare(methods=None, out="results/frontier", work="runs/compare", progress:
         point_result = run_point(point, work, **overrides)
         if point.method in wanted:
             rows += point_result
-        rows += [r for alias, twin in SAME_AS.items() if twin == point.method and alias in wanted
+        rows += [r for alias, twin in twins().items() if twin == point.method and alias in wanted
                  for r in point_rows(point, Path(point.config(work, **overrides).out), listed_as=alias)]
         last = point_result[-1]
         bar.write(f"{point.name:36s} gold {last['gold_reward']:.3f}  KL {last['kl']:6.2f}  "
@@ -208,7 +205,8 @@ def write_table(rows: list[dict], out: Path):
 
 def read_table(path) -> list[dict]:
     """frontier.csv back as dicts with numbers where the columns hold numbers."""
-    numeric = {"step", "gold_reward", "kl", "kl_stderr", "win_rate", "mean_length", "train_seconds"}
+    numeric = {"step", "examples", "updates", "gold_reward", "kl", "kl_stderr", "win_rate", "mean_length",
+               "train_seconds"}
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
@@ -216,16 +214,6 @@ def read_table(path) -> list[dict]:
             row[key] = float(row[key])
         row["value"] = float(row["value"]) if row["value"] else ""
     return rows
-
-
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The upper-left envelope of (kl, reward) points: those no other point beats with less or equal KL."""
-    envelope, best = [], -math.inf
-    for kl, reward in sorted(points, key=lambda p: (p[0], -p[1])):
-        if reward > best:
-            envelope.append((kl, reward))
-            best = reward
-    return envelope
 
 
 def best_within(rows: list[dict], budget: float) -> dict[str, dict]:
@@ -258,75 +246,31 @@ def budget_table(rows: list[dict], budgets=KL_BUDGETS) -> str:
 
 
 GROUPS = {
-    "online RL (samples from the policy)": ("online",),
-    "paired, with a reference": ("paired",),
-    "supervised, ranked and reference-free": ("supervised", "ranked"),
-    "unpaired feedback": ("unpaired",),
+    "online RL (samples from the policy)": lambda obj: obj.data == "online",
+    "paired, with a reference": lambda obj: obj.family == "paired" and not reference_free(obj.name),
+    "supervised, ranked and reference-free": lambda obj: obj.family in ("supervised", "ranked")
+    or (obj.family == "paired" and reference_free(obj.name)),
+    "unpaired feedback": lambda obj: obj.family == "unpaired",
 }
-REFERENCE_FREE = {"orpo", "simpo", "slic", "unlikelihood"}
 
 
-def _group(method: str) -> str:
-    family = "ranked" if method in REFERENCE_FREE else objectives.get(method).family
-    return next(title for title, families in GROUPS.items() if family in families)
+def reference_free(method: str) -> bool:
+    """A policy objective whose loss reads no reference log-prob (SLiC, unlikelihood, ORPO, SimPO, ...)."""
+    return not any(name.startswith("ref_") for name in objectives.get(method).inputs())
 
 
-def plot_frontier_panels(rows: list[dict], path=None):
-    """One panel per family: every evaluated point, and each method's envelope (best reward per KL)."""
-    import matplotlib.pyplot as plt
-
-    from .plots import MARKERS
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharey=True)
-    reference = next((r["gold_reward"] for r in rows if r["method"] == "reference"), None)
-    for ax, title in zip(axes.flat, GROUPS):
-        methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "reference")
-                   if _group(m) == title]
-        for i, method in enumerate(methods):
-            points = [(r["kl"], r["gold_reward"]) for r in rows if r["method"] == method]
-            style = dict(color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)])
-            ax.scatter(*zip(*points), s=14, alpha=0.35, color=style["color"], marker=style["marker"])
-            envelope = pareto(points)
-            ax.plot(*zip(*envelope), label=method, **style, markersize=5)
-        if reference is not None:
-            ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="reference")
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlim(left=min([0.0] + [r["kl"] for r in rows]))  # KL is >= 0; estimates can dip just below
-        ax.set_title(title)
-        ax.set_xlabel("KL($\\pi\\,\\|\\,\\pi_{ref}$), nats per completion")
-        ax.set_ylabel("gold reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=110)
-    return fig
+def groups(rows: list[dict]) -> dict[str, list[str]]:
+    """The frontier's panels: title -> the methods of `rows` in that group, in order of appearance."""
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "reference"]
+    return {title: [m for m in methods if belongs(objectives.get(m))] for title, belongs in GROUPS.items()}
 
 
-def plot_best_within(rows: list[dict], path=None, budgets=KL_BUDGETS):
-    """Heat map: methods x KL budgets, the best gold reward each reaches within the budget."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "reference"))
+def best_grid(rows: list[dict], budgets=KL_BUDGETS) -> dict[str, dict[float, float]]:
+    """method -> {budget: best gold reward within it}, methods ordered by their best at the last budget."""
     best = {b: best_within(rows, b) for b in budgets}
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "reference"))
     methods.sort(key=lambda m: -best[budgets[-1]].get(m, {"gold_reward": 0})["gold_reward"])
-    grid = np.array([[best[b][m]["gold_reward"] if m in best[b] else np.nan for b in budgets] for m in methods])
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(methods) + 1.5))
-    image = ax.imshow(grid, cmap="viridis", vmin=0.4, vmax=1.0, aspect="auto")
-    for (i, j), value in np.ndenumerate(grid):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if value > 0.75 else "white")
-    ax.set_xticks(range(len(budgets)), ["any" if math.isinf(b) else f"≤ {b:g}" for b in budgets])
-    ax.set_yticks(range(len(methods)), methods)
-    ax.set_xlabel("KL budget")
-    ax.set_title("best gold reward within a KL budget")
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=110)
-    return fig
+    return {m: {b: best[b][m]["gold_reward"] for b in budgets if m in best[b]} for m in methods}
 
 
 def write_results(rows: list[dict], out) -> None:
@@ -335,5 +279,9 @@ def write_results(rows: list[dict], out) -> None:
     out = Path(out)
     write_table(rows, out)
     (out / "frontier.md").write_text("# Best gold reward within a KL budget\n\n" + budget_table(rows) + "\n")
-    for draw, name in ((plot_frontier_panels, "frontier.png"), (plot_best_within, "best_within_kl.png")):
-        plt.close(draw(rows, out / name))
+    reference = next((r["gold_reward"] for r in rows if r["method"] == "reference"), None)
+    figures = {"frontier.png": plots.plot_frontier_panels(rows, groups(rows), reference),
+               "best_within_kl.png": plots.plot_best_within(best_grid(rows), KL_BUDGETS)}
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)

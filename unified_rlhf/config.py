@@ -1,79 +1,109 @@
-"""Training configuration: one dataclass, with per-method defaults scaled to the book's task.
+"""Training configuration: one dataclass, every field documented on its line.
 
-The objective's own defaults (beta, eps, ...) come from the paper and live in objectives.py; what is
-here is what the paper's numbers cannot tell us for a 1M-parameter model on synthetic reviews:
-learning rate, batch size, number of steps, sampling settings. Every run writes its resolved config
-to `config.json` in its directory.
+The objective's own defaults (beta, eps, ...) come from the paper and live on its record in
+objectives.py, and so do the values it trains with on the book's task (`Objective.task_defaults`:
+learning rate, batch size, steps, sampling), which the papers' numbers cannot tell us for a
+1M-parameter model on synthetic reviews. Every run writes its resolved config to `config.json`.
+
+Each field's type is its annotation and its range is declared beside it (`Annotated[int, "[0, inf)"]`,
+see checks.py); a config is checked when it is made and again when a run starts, and an error names the
+field and what it allows. Fields marked EXTENDABLE do not change what training computes, so a resumed
+run may change them (a longer max_steps, another evaluation schedule); any other difference from the
+saved run is refused on resume.
 """
 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
+from typing import Annotated
 
-from . import objectives
+from . import checks, objectives
+from .data import DEFAULT_DATA_DIR, DEFAULT_MODEL, resolve_default
+
+EXTENDABLE = "may change on --resume"
 
 
 @dataclass
 class TrainConfig:
-    method: str
-    model: str = "data/reference"  # any local directory or hub id of a causal LM
+    method: str  # the objective's registered name (`unified-rlhf list`); with `objective`, the name it defines
+    objective: str | None = None  # FILE.py:NAME, your own objective: FILE.py is imported and NAME registered
+    model: str = DEFAULT_MODEL  # starting policy, local or hub; default ./data/reference, else the repository's
     reference: str | None = None  # the frozen reference policy; default: the starting model
-    data_dir: str = "data"
-    data_file: str | None = None  # default: <data_dir>/<kind>_train.jsonl for the method's data kind
+    data_dir: str = DEFAULT_DATA_DIR  # data files (<kind>_train/_test.jsonl); default ./data, else the repository's
+    data_file: str | None = None  # training file; default: <data_dir>/<kind>_train.jsonl for the method's data kind
     out: str | None = None  # run directory; default runs/<method>
-    max_steps: int = 150
-    batch_size: int = 32  # global rows (offline) or prompts (online) per optimiser step
-    lr: float = 5e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_length: int = 64  # prompt + completion tokens; longer rows are cut (completion) or dropped
-    seed: int = 0
-    hyperparameters: dict = field(default_factory=dict)  # overrides of the objective's defaults
-    # online methods: sample from the policy, score, then update
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    kl_coef: float = 0.05  # KL-to-reference penalty folded into the reward (RLHF shaping, RLOO)
-    update_epochs: int = 1  # optimisation passes over each batch of samples (PPO reuses samples)
-    reward_model: str | None = None  # a trained reward model directory; default: the task's gold reward
-    # evaluation, logging, checkpoints
-    eval_every: int = 50
-    eval_prompts: int = 64
-    eval_samples: int = 2
-    eval_at_start: bool = True  # evaluate the starting model as step 0 (a sweep does it once for all runs)
-    checkpoint_every: int = 50
-    progress: bool = True
+    max_steps: Annotated[int, "[0, inf)", EXTENDABLE] = 150  # optimiser steps (online: rollouts of update_epochs steps)
+    batch_size: Annotated[int, "[1, inf)"] = 32  # global rows (offline) or prompts (online) per step
+    lr: Annotated[float, "(0, 1]"] = 5e-4  # AdamW learning rate after warm-up
+    warmup_steps: Annotated[int, "[0, inf)"] = 10  # linear learning-rate warm-up from lr/warmup_steps
+    weight_decay: Annotated[float, "[0, 100]"] = 0.0  # AdamW weight decay
+    grad_clip: Annotated[float, "(0, inf]"] = 1.0  # gradient-norm clipping threshold (inf: no clipping)
+    max_length: Annotated[int, "[2, inf)"] = 64  # tokens per row (<= context); completions cut, long prompts dropped
+    seed: Annotated[int, "[0, 4294967295]"] = 0  # seeds the model's randomness, the epoch order and the samples
+    hyperparameters: dict = field(default_factory=dict)  # overrides of the objective's defaults (beta, eps, ...)
+    samples_per_prompt: Annotated[int, "[1, inf)"] = 4  # online: completions sampled per prompt (the group size k)
+    max_new_tokens: Annotated[int, "[1, inf)"] = 24  # online and evaluation: longest sampled completion
+    temperature: Annotated[float, "[1e-3, 1e3]"] = 1.0  # online: sampling temperature (1: on-policy samples)
+    kl_coef: Annotated[float, "[0, 1e3]"] = 0.05  # online: KL-to-reference penalty folded into the reward (RLHF, RLOO)
+    update_epochs: Annotated[int, "[1, inf)"] = 1  # online: optimisation passes over each batch of samples (PPO)
+    reward_model: str | None = None  # online: a trained reward model directory; default: the task's gold reward
+    reference_cache: Annotated[str | None, EXTENDABLE] = None  # cached reference log-probs; default in refcache.py
+    eval_every: Annotated[int, "[0, inf)", EXTENDABLE] = 50  # evaluate every this many steps and at the end (0: never)
+    eval_prompts: Annotated[int, "[1, inf)", EXTENDABLE] = 64  # held-out prompts per evaluation
+    eval_samples: Annotated[int, "[1, inf)", EXTENDABLE] = 2  # samples per held-out prompt
+    eval_at_start: Annotated[bool, EXTENDABLE] = True  # evaluate the starting model as step 0 (a sweep does it once)
+    checkpoint_every: Annotated[int, "[1, inf)", EXTENDABLE] = 50  # checkpoint every this many steps and at the end
+    progress: Annotated[bool, EXTENDABLE] = True  # show a progress bar
 
     def __post_init__(self):
-        objectives.get(self.method)  # fails early, listing the known methods
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        """Check every field against its type and range, the method's hyperparameters against the record's
+        ranges, and what the method's estimator and hooks need; fill in the defaults that depend on others.
+        Raises an error naming the field (or hyperparameter) and what it allows."""
+        for name, (kind, spec, optional, _) in field_specs().items():
+            setattr(self, name, checks.check(name, getattr(self, name), kind, spec, optional))
+        if self.objective is not None:
+            from .custom import load_objective
+
+            loaded = load_objective(self.objective)
+            if loaded.name != self.method:
+                raise checks.SettingError(f"method must be the name of the objective in {self.objective} "
+                                          f"('{loaded.name}'), got '{self.method}'")
+        obj = objectives.get(self.method)  # fails early, listing the known methods
         self.out = self.out or f"runs/{self.method}"
-        if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
-            raise ValueError(f"batch_size >= 1, max_steps >= 0 and lr > 0 are required; got {self.batch_size}, "
-                             f"{self.max_steps}, {self.lr}")
-        objectives.get(self.method).hyperparameters(**self.hyperparameters)  # unknown keys fail here
+        self.model, self.data_dir = resolve_default(self.model), resolve_default(self.data_dir)
+        obj.validate(self)
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Scaled to the book's task (1.3M-parameter GPT-2, ~25-token texts, 2 CPU cores, ~1 minute a run).
-# The papers' learning rates (DPO: 1e-6 for billions of parameters) are far too small here.
-TASK_DEFAULTS = {
-    "sft": dict(lr=2e-3, batch_size=64, max_steps=150),
-    "crlft": dict(lr=1e-3, batch_size=64),
-    # online: 100 updates of 64 samples (16 prompts x 4, or 32 x 2 for RLOO's k = 2) take ~2 minutes
-    "vpg": dict(lr=2e-4, kl_coef=0.0, batch_size=16, samples_per_prompt=4, max_steps=100),
-    "trpo": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
-    "ppo_kl": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
-    "ppo_clip": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
-    "apa": dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100),
-    "rloo": dict(lr=2e-4, batch_size=32, samples_per_prompt=2, max_steps=100),
-    "grpo": dict(lr=2e-4, batch_size=8, samples_per_prompt=8, kl_coef=0.0, max_steps=100),
-    "rm": dict(lr=1e-3, batch_size=32, max_steps=200),
-}
+@cache
+def field_specs() -> dict:
+    """field name -> (type, range, may be None, extendable on resume), read off the annotations."""
+    specs = {}
+    for name, hint in typing.get_type_hints(TrainConfig, include_extras=True).items():
+        metadata = ()
+        if typing.get_origin(hint) is Annotated:
+            hint, *metadata = typing.get_args(hint)
+        optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+        kind = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+        spec = next((m for m in metadata if m != EXTENDABLE), None)
+        specs[name] = (kind, checks.allowed(spec), optional, EXTENDABLE in metadata)
+    return specs
+
+
+def extendable_fields() -> set:
+    """The fields a resumed run may change (they do not alter what training computes)."""
+    return {name for name, (*_, extendable) in field_specs().items() if extendable}
 
 
 def default_config(method: str, **overrides) -> TrainConfig:
@@ -81,8 +111,15 @@ def default_config(method: str, **overrides) -> TrainConfig:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(known)}")
-    values = {**TASK_DEFAULTS.get(method, {}), **overrides}
+    if overrides.get("objective") is not None:  # a custom objective: import it before reading its record
+        from .custom import load_objective
+
+        load_objective(overrides["objective"])
+    values = {**objectives.get(method).task_defaults, **overrides}
     return TrainConfig(method=method, **values)
+
+
+DERIVED = ("objective_hyperparameters", "evaluation", "fingerprint")  # config.json keys a run writes for readers
 
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
@@ -94,7 +131,10 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     if path.suffix in (".yml", ".yaml"):
         import yaml
 
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     else:
         try:
             values = json.loads(text)
@@ -102,7 +142,8 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields")
-    values.pop("objective_hyperparameters", None)  # written by a run for the reader; derived, not a setting
+    for derived in DERIVED:  # written by a run for its reader, not settings
+        values.pop(derived, None)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -111,4 +152,45 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     method = values.pop("method", None)
     if method is None:
         raise ValueError(f"{path}: the config names no 'method'")
+    if not isinstance(method, str):
+        raise checks.SettingError(f"method must be a non-empty string, got {method!r}")
     return default_config(method, **values)
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """What a resumed run would change, as 'field (saved X, now Y)' items: every setting that is not
+    EXTENDABLE, the objective's resolved hyperparameters, and the content of the data, the models and the
+    loss (the `fingerprint` a run writes; paths may differ where the content does not)."""
+    differences = []
+
+    def compare(label, before, after):
+        if json.dumps(before, sort_keys=True, default=str) != json.dumps(after, sort_keys=True, default=str):
+            differences.append(f"{label} (saved {_short(before)}, now {_short(after)})")
+
+    compare("method", saved.get("method"), current["method"])
+    if differences:  # another method: its hyperparameters and loss differ too, by construction
+        return differences
+    by_content = {"model", "reference", "data_dir", "data_file", "reward_model", "objective", "out",
+                  "hyperparameters"}
+    for name in field_specs():
+        if name not in extendable_fields() and name not in by_content and name != "method":
+            compare(name, saved.get(name), current[name])
+    before, after = saved.get("objective_hyperparameters", {}), current["objective_hyperparameters"]
+    for key in sorted(set(before) | set(after)):
+        compare(f"hyperparameter {key}", before.get(key), after.get(key))
+    what = {"data": "training data (content)", "model": "starting model (content)",
+            "reference": "reference model (content)", "reward_model": "reward model (content)",
+            "loss": "loss"}
+    for key, label in what.items():
+        if key in saved.get("fingerprint", {}):  # a run written before fingerprints compares its settings only
+            compare(label, saved["fingerprint"][key], current["fingerprint"][key])
+    return differences
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:16] + "..." + text[-8:]
+
+
+__all__ = ["TrainConfig", "EXTENDABLE", "default_config", "load_config", "field_specs", "extendable_fields",
+           "resume_differences"]

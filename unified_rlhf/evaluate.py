@@ -1,7 +1,10 @@
 """Sampling from a policy and scoring it against the reference: gold reward, KL, win rate.
 
-Sequences follow the package convention: [eos (as bos)] + prompt ids + completion ids, where a
-completion ends with eos when the model stopped and is cut at ``max_new_tokens`` otherwise.
+Sequences follow the package convention (models.Encoder): [bos] + prompt ids + completion ids, where
+a completion ends with eos when the model stopped and is cut at ``max_new_tokens`` otherwise.
+
+`evaluate_held_out` is the one evaluation of a trained policy: the trainer, `evaluate_run` (the CLI's
+`evaluate`) and the frontier sweep all call it.
 
 The KL is the sequence-level KL(pi || pi_ref) = E_{y ~ pi}[l_pi(y) - l_ref(y)], estimated on the
 policy's own samples; the estimate is unbiased only if the samples come from pi itself, so sampling
@@ -12,12 +15,16 @@ cut at ``max_new_tokens`` it is the KL between the two models' distributions ove
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from . import task
-from .logprobs import pad_batch, sequence_logprobs
+from .data import load_rows, tag_prompt
+from .logprobs import pad_batch, sequence_logprobs, sequence_rewards
+from .models import Encoder, load_model, load_tokenizer
 
 
 def _device(model) -> torch.device:
@@ -35,26 +42,6 @@ def _eval_mode(model):
             yield
     finally:
         model.train(was_training)
-
-
-def _special_ids(tokenizer) -> tuple[int, int]:
-    """(eos id, pad id); a tokenizer without a pad token pads with eos (padding is masked anyway)."""
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError("the tokenizer has no eos token: completions could never stop")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    return eos_id, pad_id
-
-
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Each prompt as [eos] + its token ids (eos doubles as bos, as in GPT-2)."""
-    eos_id, _ = _special_ids(tokenizer)
-    return [[eos_id] + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
-
-
-def decode(tokenizer, ids: list[int]) -> str:
-    """Completion ids -> text, without eos, padding or other special tokens."""
-    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
@@ -184,9 +171,10 @@ def evaluate_policy(
     """
     if not prompts or samples_per_prompt < 1:
         raise ValueError(f"need prompts and samples: got {len(prompts)} prompts, {samples_per_prompt} each")
-    eos_id, pad_id = _special_ids(tokenizer)
+    encoder = Encoder(tokenizer)
+    eos_id, pad_id = encoder.eos, encoder.pad
     k = samples_per_prompt
-    prompt_ids = encode_prompts(tokenizer, prompts)
+    prompt_ids = encoder.prompts(prompts)
     options = dict(
         num_samples=k, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, batch_size=batch_size
     )
@@ -201,10 +189,10 @@ def evaluate_policy(
     log_ratio = logp - logp_ref
 
     repeated_prompts = [p for p in prompts for _ in range(k)]
-    texts = [decode(tokenizer, y) for y in ys]
+    texts = [encoder.decode(y) for y in ys]
     rewards = torch.tensor([reward_fn(p, t) for p, t in zip(repeated_prompts, texts)], dtype=torch.float64)
     ref_rewards = torch.tensor(
-        [reward_fn(p, decode(tokenizer, y)) for p, y in zip(repeated_prompts, ys_ref)], dtype=torch.float64
+        [reward_fn(p, encoder.decode(y)) for p, y in zip(repeated_prompts, ys_ref)], dtype=torch.float64
     )
 
     # All k x k pairs within a prompt: the same expectation as one pair each, with less noise.
@@ -237,36 +225,77 @@ def evaluate_policy(
     }
 
 
+def held_out_prompts(data_dir, inference_tag: str | None = None) -> list[str]:
+    """The held-out prompts (prompts_test.jsonl), as the method is used at inference: a class-conditioned
+    method (C-RLFT) puts its tag in front."""
+    prompts = [r["prompt"] for r in load_rows(Path(data_dir) / "prompts_test.jsonl", "prompts")]
+    return [tag_prompt(inference_tag, p) for p in prompts] if inference_tag else prompts
+
+
+def evaluate_held_out(policy, reference, tokenizer, data_dir, prompts: int = 64, samples_per_prompt: int = 2,
+                      max_new_tokens: int = 24, seed: int = 0, inference_tag: str | None = None) -> dict:
+    """The one evaluation of a policy: `evaluate_policy` against the reference on the first `prompts`
+    held-out prompts of `data_dir`."""
+    texts = held_out_prompts(data_dir, inference_tag)
+    if not 1 <= prompts <= len(texts):
+        raise ValueError(f"prompts must be between 1 and the {len(texts)} held-out prompts, got {prompts}")
+    return evaluate_policy(policy, reference, tokenizer, texts[:prompts], samples_per_prompt=samples_per_prompt,
+                           max_new_tokens=max_new_tokens, seed=seed)
+
+
+@torch.no_grad()
+def reward_model_accuracy(model, tokenizer, path, max_length: int = 64, limit: int = 512) -> dict:
+    """Held-out pairs: how often r(chosen) > r(rejected) (agreement with the data's labels), and how
+    often the reward model orders the pair as the gold reward does."""
+    rows = list(load_rows(path, "paired"))[:limit]
+    encoder = Encoder(tokenizer, max_length)
+    device = _device(model)
+    scores = []
+    for side in ("chosen", "rejected"):
+        pairs = [(encoder.prompt(r["prompt"]), encoder.completion(r[side])) for r in rows]
+        ids, attention, _ = pad_batch([p for p, _ in pairs], [c[:max_length] for _, c in pairs],
+                                      encoder.pad, "right")
+        with _eval_mode(model):
+            scores.append(sequence_rewards(model, ids.to(device), attention.to(device)).float().cpu())
+    gold = torch.tensor([task.gold_reward(r["prompt"], r["chosen"]) - task.gold_reward(r["prompt"], r["rejected"])
+                         for r in rows])
+    predicted = scores[0] - scores[1]
+    decided = gold != 0
+    return {"accuracy": (predicted > 0).float().mean().item(),
+            "gold_agreement": ((predicted > 0) == (gold > 0))[decided].float().mean().item(),
+            "pairs": len(rows)}
+
+
 def evaluate_run(run_dir, samples_per_prompt: int = 4, prompts: int = 200, seed: int = 0) -> dict:
     """Evaluate a run directory written by the trainer: its final model (or last checkpoint) against
-    its reference on the held-out prompts. The result is also written to run_dir/evaluation.json."""
-    import json
-    from pathlib import Path
-
-    from . import objectives
-    from .trainer import evaluation_prompts, load_model, load_tokenizer
-
+    its reference on the held-out prompts. Needs only the run's config.json (not the objective). The
+    result is also written to run_dir/evaluation.json."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
+    from .data import resolve_default
+
     config = json.loads(config_path.read_text())
+    for key in ("data_dir", "model"):  # a run made with the defaults, evaluated from another directory
+        config[key] = resolve_default(config[key])
+    evaluation = config.get("evaluation", {})
     model_dir = next((run_dir / d for d in ("model", "checkpoint") if (run_dir / d).is_dir()), None)
     if model_dir is None:
         raise FileNotFoundError(f"{run_dir} holds no model/ or checkpoint/ to evaluate")
-    if config["method"] == "rm":
-        from .trainer import reward_model_accuracy
-
-        result = reward_model_accuracy(load_model(str(model_dir), reward_head=True), load_tokenizer(str(model_dir)),
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if evaluation.get("kind") == "reward_model":
+        result = reward_model_accuracy(load_model(str(model_dir), reward_head=True).to(device),
+                                       load_tokenizer(str(model_dir)),
                                        Path(config["data_dir"]) / "pairs_test.jsonl", config["max_length"])
     else:
         policy, tokenizer = load_model(str(model_dir)), load_tokenizer(str(model_dir))
         reference = load_model(config.get("reference") or config["model"])
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        held_out = evaluation_prompts(objectives.get(config["method"]), config["data_dir"])
-        result = evaluate_policy(policy.to(device), reference.to(device), tokenizer, held_out[:prompts],
-                                 samples_per_prompt=samples_per_prompt, max_new_tokens=config["max_new_tokens"],
-                                 seed=seed)
+        held_out = len(held_out_prompts(config["data_dir"]))
+        result = evaluate_held_out(policy.to(device), reference.to(device), tokenizer, config["data_dir"],
+                                   prompts=min(prompts, held_out), samples_per_prompt=samples_per_prompt,
+                                   max_new_tokens=config["max_new_tokens"], seed=seed,
+                                   inference_tag=evaluation.get("inference_tag"))
     result = {"method": config["method"], "model": str(model_dir)} | result
     (run_dir / "evaluation.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"},
                                                         indent=2))

@@ -7,9 +7,12 @@ closed-form gradient weights, which the package proves equal to the derivative o
     -grad L = w+ grad l(y+) - w- grad l(y-)           paired and reward-model objectives
     -grad L = w  grad l(y)                            single-completion objectives (w is signed)
 
-Adding a method means adding one decorated function here. Facts and defaults follow
-../shared/METHODS.md; `seed` gives the source text's simplified weights ("Unifying RLHF
-Objectives") so the book can show where the exact weights differ.
+Adding a method means adding one decorated function here: its record holds everything else the
+package needs to know about the method (defaults with their sources and the ranges they may take, the
+settings it trains with on the book's task, the knob the frontier sweeps, the advantage estimator of an
+online method, and hooks for per-method behaviour that is not a loss). Nothing outside this file names a
+method. `seed` gives the source text's simplified weights ("Unifying RLHF Objectives") so the book can
+show where the exact weights differ.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from types import SimpleNamespace
 import sympy as sp
 import torch
 
-from . import symbolic
+from . import advantages, checks, symbolic
 from .symbolic import POLICY_VARIABLES, SYMBOLS, SYMPY, TORCH, VARIABLES
 
 SHAPES = tuple(POLICY_VARIABLES)
+# The range of a coefficient unless its record says otherwise: positive, as its SymPy symbol is, and at
+# most 1e6, past which its products with float32 log-probs of hundreds of nats leave float32's range.
+COEFFICIENT_RANGE = "(0, 1e6]"
 DATA_KINDS = ("sft", "sft_tagged", "online", "paired", "unpaired", "ranked", "scored")
 
 
@@ -41,10 +47,16 @@ class Objective:
     paper: str
     defaults: dict = field(default_factory=dict)  # coefficient -> (value, source): symbols in SymPy
     options: dict = field(default_factory=dict)  # structural choices, plain Python values
-    trainer_defaults: dict = field(default_factory=dict)  # settings outside the loss the trainer reads
+    ranges: dict = field(default_factory=dict)  # allowed values, "[0, 1e6]" or (choices); default COEFFICIENT_RANGE
+    trainer_defaults: dict = field(default_factory=dict)  # data settings outside the loss (class weights, tags)
+    task_defaults: dict = field(default_factory=dict)  # TrainConfig values for the book's task (lr, batch, steps)
+    sweep: tuple | None = None  # (knob, values) the frontier sweeps: a hyperparameter or a TrainConfig field
+    same_as: str | None = None  # the frontier trains this method's twin once (the same loss, term for term)
+    advantage: Callable | None = None  # online methods: rewards -> advantages (see advantages.py)
+    hooks: tuple = ()  # per-method behaviour that is not a loss (see Hook)
     level: str = "sequence"  # "token": defined per token; the sequence (bandit) view also works
     token_vars: tuple = ()  # inputs given per token in the token-level view
-    max_log_ratio: float = 1e3  # |log-ratio| range over which the loss is finite (exp() limits)
+    max_log_ratio: float = 1e3  # |log-ratio| range over which the loss is finite, in float32 too (exp() limits)
     seed: Callable | None = None  # source text's simplified weights, same calling convention
     seed_note: str = ""
     note: str = ""
@@ -60,13 +72,38 @@ class Objective:
             if key in overrides:
                 value = overrides[key]
                 if not isinstance(value, (int, float, sp.Basic)) or isinstance(value, bool):
-                    raise TypeError(f"{self.name}: hyperparameter '{key}' must be a number, got {value!r}")
+                    raise TypeError(f"{self.name}: hyperparameter '{key}' must be a number in {self.range_of(key)}, "
+                                    f"got {value!r}")
+                if not isinstance(value, sp.Basic) or value.is_number:
+                    number = complex(value).real if isinstance(value, sp.Basic) else value
+                    if number not in self.range_of(key):
+                        raise checks.SettingError(f"{self.name}: hyperparameter '{key}' must be a number in "
+                                                  f"{self.range_of(key)}, got {value!r}")
                 values[key] = value
             else:
                 values[key] = symbolic.hyper_symbol(key) if symbolic_coefficients else default
         for key, default in self.options.items():
-            values[key] = overrides.get(key, default)
+            value = overrides.get(key, default)
+            if type(default) in (bool, int, float, str):  # other kinds of option are the formula's to check
+                value = checks.check(f"{self.name}: option '{key}'", value, type(default), self.range_of(key))
+            values[key] = value
         return values
+
+    def range_of(self, key: str):
+        """The values a hyperparameter may take: its declared range, else COEFFICIENT_RANGE for a coefficient
+        (the symbols are positive in SymPy's derivations) and any value of the default's type for an option."""
+        declared = self.ranges.get(key, None if key in self.options else COEFFICIENT_RANGE)
+        return checks.allowed(declared)
+
+    def validate(self, config) -> None:
+        """Everything about a run's config this method can check before the run starts: its hyperparameters
+        (types and ranges), then its advantage estimator's and hooks' own `validate(config)` (a group size,
+        a batch size), each raising an error that names the setting."""
+        self.hyperparameters(**config.hyperparameters)
+        for part in (self.advantage, *self.hooks):
+            validate = getattr(part, "validate", None)
+            if validate is not None:
+                validate(config)
 
     # ------------------------------------------------------------------ symbolic side
     def sympy_loss(self, **options) -> sp.Expr:
@@ -87,8 +124,10 @@ class Objective:
         return tuple(sp.sympify(w) for w in self.seed(SYMPY, symbolic.symbolic_inputs(), **hp))
 
     def inputs(self, **options) -> tuple:
-        """The batch keys the loss reads, read off the free symbols of its SymPy form."""
+        """The batch keys the loss reads, read off the free symbols of its SymPy form, and always every
+        policy log-prob of its shape (a paired loss may read one side only; that side's weight is 0)."""
         names = {s.name for s in self.sympy_loss(**options).free_symbols} & set(VARIABLES)
+        names |= set(POLICY_VARIABLES[self.shape])
         return tuple(n for n in VARIABLES if n in names)
 
     def _symbolic(self, options: tuple):
@@ -110,6 +149,44 @@ class Objective:
 
     def weights(self, batch: dict, **hyperparameters) -> tuple:
         return self(batch, **hyperparameters).weights
+
+
+class Hook:
+    """Per-method behaviour that is not a loss. The trainer calls every hook of the objective at these
+    points of a step; each method here does nothing, and a hook overrides the ones it needs.
+
+        reference_sequences(examples)      extra (prompt, completion) sequences, by name, whose reference
+                                           log-probs are cached with the data's (KTO's mismatched pairs)
+        offline_inputs(trainer, indices, batch)
+                                           add loss inputs to an offline batch; returns values to log
+        loss(objective, batch, hp)         a loss over a batch the formula does not take (RRHF's k responses):
+                                           (per-example loss, weights), or None to use the formula
+        hyperparameters(state, hp)         the step's hyperparameters (PPO's adapted KL coefficient)
+        after_step(objective, state, metrics, hp)
+                                           update `state` (saved in checkpoints) and add metrics
+        validate(config)                   refuse a TrainConfig the hook cannot run with (KTO's batch of
+                                           one), naming the field, before the run starts
+
+    An advantage estimator may define the same `validate(config)`.
+    """
+
+    def reference_sequences(self, examples: list) -> dict:
+        return {}
+
+    def offline_inputs(self, trainer, indices: list, batch: dict) -> dict:
+        return {}
+
+    def loss(self, objective, batch: dict, hp: dict):
+        return None
+
+    def hyperparameters(self, state: dict, hp: dict) -> dict:
+        return hp
+
+    def after_step(self, objective, state: dict, metrics: dict, hp: dict) -> None:
+        pass
+
+    def validate(self, config) -> None:
+        pass
 
 
 @dataclass
@@ -234,11 +311,28 @@ def register(obj: Objective, overwrite: bool = False) -> Objective:
         raise ValueError(f"{obj.name}: shape must be one of {SHAPES}, got '{obj.shape}'")
     if obj.data not in DATA_KINDS:
         raise ValueError(f"{obj.name}: data must be one of {DATA_KINDS}, got '{obj.data}'")
+    if obj.data == "online" and obj.advantage is None:
+        raise ValueError(f"{obj.name}: an online objective needs an advantage estimator (see advantages.py)")
+    if obj.sweep is not None and obj.same_as is not None:
+        raise ValueError(f"{obj.name}: a method is swept itself or listed as its twin, not both")
+    _check_ranges(obj)
     if obj.name in REGISTRY and not overwrite:
         raise ValueError(f"an objective named '{obj.name}' is already registered; pass overwrite=True "
                          "to replace it")
     REGISTRY[obj.name] = obj
     return obj
+
+
+def _check_ranges(obj: Objective) -> None:
+    """A record's ranges name its hyperparameters, and its defaults and sweep values lie in them."""
+    stray = sorted(set(obj.ranges) - set(obj.defaults) - set(obj.options))
+    if stray:
+        raise ValueError(f"{obj.name}: ranges for unknown hyperparameter(s) {stray}")
+    values = [*((k, v) for k, (v, _) in obj.defaults.items()), *obj.options.items()]
+    if obj.sweep is not None and obj.sweep[0] in {**obj.defaults, **obj.options}:
+        values += [(obj.sweep[0], v) for v in obj.sweep[1]]
+    for key, value in values:
+        obj.hyperparameters(**{key: value})  # raises, naming the hyperparameter and its range
 
 
 def objective(name, **fields):
@@ -262,7 +356,13 @@ def unclipped(m, ratio, advantage, eps):
     return 1 - m.step(advantage) * m.step(ratio - (1 + eps)) - m.step(-advantage) * m.step((1 - eps) - ratio)
 
 
-SEED = "the source text ('Unifying RLHF Objectives', ../shared/seeds)"
+SEED = "the source text ('Unifying RLHF Objectives')"
+
+# The book's task: a 1.3M-parameter GPT-2 and ~25-token reviews on 2 CPU cores, about a minute a run.
+# The papers' learning rates (DPO: 1e-6 for billions of parameters) are far too small here; these are
+# TrainConfig values each record starts from (`task_defaults`).
+# online: 100 steps of 16 prompts x 4 samples, two passes over each batch
+ONLINE_TASK = dict(lr=2e-4, batch_size=16, update_epochs=2, max_steps=100)
 
 # =============================================================================================
 # Supervised
@@ -270,7 +370,8 @@ SEED = "the source text ('Unifying RLHF Objectives', ../shared/seeds)"
 
 
 @objective("sft", shape="single", family="supervised", data="sft", paper="maximum likelihood (standard)",
-           options={"length_normalize": False},
+           options={"length_normalize": False}, task_defaults=dict(lr=2e-3, batch_size=64, max_steps=150),
+           sweep=("lr", (2e-3,)),  # imitation only: one point, the baseline that ignores feedback
            seed=lambda m, v, **_: (1,),
            seed_note="Same: w+ = 1 for the summed log-prob (1/|y| if the token mean is used).")
 def sft(m, v, length_normalize):
@@ -280,6 +381,7 @@ def sft(m, v, length_normalize):
 
 @objective("crlft", shape="single", family="supervised", data="sft_tagged",
            paper="OpenChat C-RLFT, Wang et al. 2023, arXiv 2309.11235",
+           task_defaults=dict(lr=1e-3, batch_size=64), sweep=("lr", (5e-4, 1e-3, 2e-3)),
            trainer_defaults={"source_weights": {"expert": 1.0, "suboptimal": 0.1}, "inference_tag": "expert",
                              "source": "OpenChat paper: r_c = 1 for expert (GPT-4), 0.1 for sub-optimal data; "
                                        "inference conditions on the expert tag"},
@@ -296,7 +398,9 @@ def crlft(m, v):
 
 
 @objective("vpg", shape="single", family="online", data="online", paper="REINFORCE, Williams 1992",
-           trainer_defaults={"baseline": "running mean of rewards", "baseline_decay": 0.9},
+           advantage=advantages.RunningBaseline(decay=0.9),
+           task_defaults=dict(lr=2e-4, kl_coef=0.0, batch_size=16, samples_per_prompt=4, max_steps=100),
+           sweep=("kl_coef", (0.0, 0.05, 0.2)),
            seed=lambda m, v, **_: (v.reward,),
            seed_note="The seed uses w = r; with a baseline b the weight is r - b, same expectation, "
                      "lower variance.")
@@ -315,24 +419,6 @@ def kl_penalized_surrogate(m, v, beta):
     return loss, (ratio * v.advantage - beta * (ratio - 1),)
 
 
-register(Objective(
-    "trpo", kl_penalized_surrogate, shape="single", family="online", data="online",
-    paper="TRPO, Schulman et al. 2015, arXiv 1502.05477 (penalty form)",
-    defaults={"beta": (1.0, "PPO paper's initial KL coefficient; TRPO proper uses a constraint "
-                            "delta = 0.01 (baselines code), not a penalty")},
-    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
-    note="The unconstrained penalty form; the natural-gradient step with a line search is not implemented."))
-
-register(Objective(
-    "ppo_kl", kl_penalized_surrogate, shape="single", family="online", data="online",
-    paper="PPO (adaptive KL penalty), Schulman et al. 2017, arXiv 1707.06347",
-    defaults={"beta": (1.0, "PPO paper, initial value of the adapted coefficient")},
-    trainer_defaults={"kl_target": 0.01, "source": "PPO paper: d_targ = 0.01; halve beta if "
-                      "KL < d_targ/1.5, double if KL > 1.5 d_targ"},
-    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
-    note="Same loss as trpo; beta is adapted after each update by adapt_kl_coefficient()."))
-
-
 def adapt_kl_coefficient(beta: float, kl: float, target: float) -> float:
     """PPO's adaptive rule: halve beta when the measured KL is well under target, double it when over."""
     if kl < target / 1.5:
@@ -342,10 +428,47 @@ def adapt_kl_coefficient(beta: float, kl: float, target: float) -> float:
     return beta
 
 
+@dataclass(frozen=True)
+class AdaptiveKL(Hook):
+    """PPO's adaptive KL coefficient: each step's loss uses the beta adapted after the previous step,
+    from KL(pi_old || pi) per token measured after the update (the trainer's `policy_kl_old`)."""
+
+    target: float = 0.01
+
+    def hyperparameters(self, state, hp):
+        return hp | {"beta": state["kl_beta"]} if "kl_beta" in state else hp
+
+    def after_step(self, objective, state, metrics, hp):
+        beta = objective.hyperparameters(**hp)["beta"]
+        state["kl_beta"] = metrics["kl_beta"] = adapt_kl_coefficient(beta, metrics["policy_kl_old"], self.target)
+
+
+register(Objective(
+    "trpo", kl_penalized_surrogate, shape="single", family="online", data="online",
+    paper="TRPO, Schulman et al. 2015, arXiv 1502.05477 (penalty form)",
+    defaults={"beta": (1.0, "PPO paper's initial KL coefficient; TRPO proper uses a constraint "
+                            "delta = 0.01 (baselines code), not a penalty")}, ranges={"beta": "[0, 1e6]"},
+    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
+    advantage=advantages.KLShapedReturns(), task_defaults=ONLINE_TASK, sweep=("beta", (0.3, 1.0, 3.0)),
+    note="The unconstrained penalty form; the natural-gradient step with a line search is not implemented."))
+
+register(Objective(
+    "ppo_kl", kl_penalized_surrogate, shape="single", family="online", data="online",
+    paper="PPO (adaptive KL penalty), Schulman et al. 2017, arXiv 1707.06347",
+    defaults={"beta": (1.0, "PPO paper, initial value of the adapted coefficient")},
+    ranges={"beta": "[0, inf)"},  # no upper bound: the adaptive rule doubles beta while the KL stays high
+    hooks=(AdaptiveKL(target=0.01),),  # PPO paper: d_targ = 0.01
+    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
+    advantage=advantages.KLShapedReturns(), task_defaults=ONLINE_TASK, sweep=("kl_coef", (0.02, 0.05, 0.2)),
+    note="Same loss as trpo; beta is adapted after each update by adapt_kl_coefficient()."))
+
+
 @objective("ppo_clip", shape="single", family="online", data="online",
            paper="PPO-clip, Schulman et al. 2017, arXiv 1707.06347",
-           defaults={"eps": (0.2, "PPO paper")}, level="token", token_vars=("logp", "old_logp", "advantage"),
-           max_log_ratio=30.0,
+           defaults={"eps": (0.2, "PPO paper")}, ranges={"eps": "(0, 1)"},
+           level="token", token_vars=("logp", "old_logp", "advantage"),
+           max_log_ratio=30.0, advantage=advantages.KLShapedReturns(), task_defaults=ONLINE_TASK,
+           sweep=("eps", (0.1, 0.2, 0.4)),
            seed=lambda m, v, eps: (m.exp(v.logp - v.old_logp) * v.advantage
                                    * m.step(1 + eps - m.exp(v.logp - v.old_logp)),),
            seed_note="The seed derives one side only: w = ratio*r while ratio < 1+eps. Exactly, the clip "
@@ -355,13 +478,17 @@ def adapt_kl_coefficient(beta: float, kl: float, target: float) -> float:
 def ppo_clip(m, v, eps):
     ratio = m.exp(v.logp - v.old_logp)
     surrogate = m.minimum(ratio * v.advantage, m.clip(ratio, 1 - eps, 1 + eps) * v.advantage)
-    return m.sum_tokens(-surrogate, v.mask), (ratio * v.advantage * unclipped(m, ratio, v.advantage, eps),)
+    passes = unclipped(m, ratio, v.advantage, eps)
+    # where the clip holds, the weight is 0 even if the ratio overflowed (inf * 0 in floating point)
+    return m.sum_tokens(-surrogate, v.mask), (m.gate(ratio * v.advantage * passes, passes),)
 
 
 @objective("apa", shape="single", family="online", data="online",
            paper="APA, Zhu et al. 2023, arXiv 2306.02231",
-           defaults={"lam": (0.1, "official code: 1/lambda = 10")}, level="token",
-           token_vars=("logp", "old_logp", "advantage"),
+           defaults={"lam": (0.1, "official code: 1/lambda = 10")}, ranges={"lam": "[1e-6, 1e6]"},  # divides A
+           level="token",
+           token_vars=("logp", "old_logp", "advantage"), advantage=advantages.KLShapedReturns(),
+           task_defaults=ONLINE_TASK, sweep=("lam", (0.03, 0.1, 0.3)),
            seed=lambda m, v, lam: (v.advantage - (v.logp - v.old_logp),),
            seed_note="The seed writes w = r - log(pi/pi_ref). Exactly w = 2(A/lambda - log(pi/pi_old)): a "
                      "factor 2 and the 1/lambda scale of the target log-ratio.")
@@ -372,44 +499,37 @@ def apa(m, v, lam):
 
 
 @objective("rloo", shape="single", family="online", data="online",
-           paper="RLOO, Ahmadian et al. 2024, arXiv 2402.14740",
-           note="advantage = leave-one-out advantages of the KL-shaped rewards (rloo_advantages). "
+           paper="RLOO, Ahmadian et al. 2024, arXiv 2402.14740", advantage=advantages.LeaveOneOut(),
+           task_defaults=dict(lr=2e-4, batch_size=32, samples_per_prompt=2, max_steps=100),
+           sweep=("kl_coef", (0.02, 0.05, 0.2)),
+           note="advantage = leave-one-out advantages of the KL-shaped rewards (advantages.leave_one_out). "
                 "For k = 2: w+ = w- = (R+ - R-)/2, exactly a paired objective. Paper: k in {2, 4}, KL "
                 "coefficient 0.03-0.05 in the reward (TrainConfig.samples_per_prompt, kl_coef).")
 def rloo(m, v):
     return -v.advantage * v.logp, (v.advantage,)
 
 
-def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """rewards [P, k] -> A_i = R_i - mean_{j != i} R_j, divided by k (the 1/k of the RLOO loss)."""
-    k = rewards.shape[-1]
-    if k < 2:
-        raise ValueError(f"rloo needs at least 2 samples per prompt, got group size {k}")
-    leave_one_out = (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
-    return (rewards - leave_one_out) / k
-
-
 @objective("grpo", shape="single", family="online", data="online",
            paper="GRPO, DeepSeekMath, Shao et al. 2024, arXiv 2402.03300",
-           defaults={"eps": (0.2, "DeepSeekMath / TRL"), "beta": (0.04, "DeepSeekMath")},
+           defaults={"eps": (0.2, "PPO's value and TRL's default; DeepSeekMath gives none"),
+                     "beta": (0.04, "DeepSeekMath")},
+           ranges={"eps": "(0, 1)", "beta": "[0, 1e6]"},
            level="token", token_vars=("logp", "old_logp", "ref_logp"), max_log_ratio=30.0,
+           advantage=advantages.GroupStandardised(eps=1e-4),
+           task_defaults=dict(lr=2e-4, batch_size=8, samples_per_prompt=8, kl_coef=0.0, max_steps=100),
+           sweep=("beta", (0.0, 0.04, 0.2)),
            note="Per token; 1/|o_i| inside the loss and the batch mean give DeepSeekMath's gradient "
                 "coefficient (A + beta (pi_ref/pi - 1)) / (G |o_i|) (their Eq. 21). Paper: G = 64 "
                 "(TrainConfig.samples_per_prompt, scaled down for this task).")
 def grpo(m, v, eps, beta):
     ratio = m.exp(v.logp - v.old_logp)
     surrogate = m.minimum(ratio * v.advantage, m.clip(ratio, 1 - eps, 1 + eps) * v.advantage)
-    kl = m.exp(v.ref_logp - v.logp) - (v.ref_logp - v.logp) - 1  # k3 estimator of KL(pi || pi_ref)
+    kl = m.exp(v.ref_logp - v.logp) - (v.ref_logp - v.logp) - 1  # k3 of KL(pi || pi_ref)
+    # (k3's value estimates KL(pi || pi_ref); its gradient on-policy is that of KL(pi_ref || pi), Tang & Munos 2025)
     loss = m.sum_tokens(-(surrogate - beta * kl) / v.length, v.mask)
     kl_pull = beta * (m.exp(v.ref_logp - v.logp) - 1)
-    return loss, ((ratio * v.advantage * unclipped(m, ratio, v.advantage, eps) + kl_pull) / v.length,)
-
-
-def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """rewards [P, G] -> (r - mean) / std within each group (std + eps: a group of equal rewards gives 0)."""
-    if rewards.shape[-1] < 2:
-        raise ValueError(f"grpo needs at least 2 samples per prompt, got group size {rewards.shape[-1]}")
-    return (rewards - rewards.mean(-1, keepdim=True)) / (rewards.std(-1, keepdim=True) + eps)
+    passes = unclipped(m, ratio, v.advantage, eps)
+    return loss, ((m.gate(ratio * v.advantage * passes, passes) + kl_pull) / v.length,)
 
 
 # =============================================================================================
@@ -418,9 +538,11 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 
 @objective("rm", shape="reward_model", family="reward model", data="paired",
+           task_defaults=dict(lr=1e-3, batch_size=32, max_steps=200),
            paper="Bradley-Terry reward model; Ouyang et al. 2022 (InstructGPT), arXiv 2203.02155",
            defaults={"margin": (0.0, "optional margin (Llama 2); 0 = plain Bradley-Terry"),
                      "center": (0.0, "optional centring term; TRL uses 0.01 when enabled")},
+           ranges={"margin": "[0, 1e6]", "center": "[0, 1e6]"},
            seed=lambda m, v, **_: (m.sigmoid(v.reward_rejected - v.reward_chosen),) * 2,
            seed_note="Same as the seed when margin = centring = 0.")
 def rm(m, v, margin, center):
@@ -438,6 +560,8 @@ def rm(m, v, margin, center):
 @objective("unlikelihood", shape="paired", family="paired", data="paired",
            paper="Unlikelihood training, Welleck et al. 2019, arXiv 1908.04319",
            defaults={"alpha": (1.0, "paper code"), "kappa": (1e-5, "paper code clamps 1 - p at 1e-5")},
+           ranges={"alpha": "[0, 1e6]", "kappa": "(0, 1)"},  # alpha = 0: SFT on y+ alone
+           sweep=("alpha", (0.3, 1.0, 3.0)),
            level="token", token_vars=("logp_rejected",),
            seed=lambda m, v, **_: (1, 1),
            seed_note="The seed's w- = 1 is the naive -l(y-) version. Unlikelihood acts per token: "
@@ -447,12 +571,13 @@ def unlikelihood(m, v, alpha, kappa):
     log_one_minus_p = m.maximum(m.log1mexp(v.logp_rejected), m.log(kappa))
     loss = -v.logp_chosen - alpha * m.sum_tokens(log_one_minus_p, v.mask_rejected)
     not_clamped = m.step(-m.expm1(v.logp_rejected) - kappa)
-    return loss, (1, alpha * not_clamped / m.expm1(-v.logp_rejected))  # = alpha p / (1 - p)
+    # = alpha p / (1 - p); 0 where clamped, also at p = 1 exactly (0 / 0 in floating point)
+    return loss, (1, m.gate(alpha * not_clamped / m.expm1(-v.logp_rejected), not_clamped))
 
 
 @objective("dpo", shape="paired", family="paired", data="paired",
            paper="DPO, Rafailov et al. 2023, arXiv 2305.18290",
-           defaults={"beta": (0.1, "DPO paper")},
+           defaults={"beta": (0.1, "DPO paper")}, sweep=("beta", (0.05, 0.1, 0.5)),
            seed=lambda m, v, **_: (m.sigmoid(-margin(v)),) * 2,
            seed_note="The seed writes sigma(r_hat- - r_hat+) with r_hat = log(pi/pi_ref): it drops beta "
                      "both as a factor and inside the sigmoid. Exactly w = beta sigma(-beta Delta).")
@@ -464,6 +589,8 @@ def dpo(m, v, beta):
 @objective("cdpo", shape="paired", family="paired", data="paired",
            paper="conservative DPO (label smoothing), Mitchell 2023; DPO with noisy labels",
            defaults={"beta": (0.1, "DPO paper"), "eps": (0.1, "label-smoothing 0.1-0.2")},
+           ranges={"eps": "[0, 0.5]"},
+           sweep=("beta", (0.05, 0.1, 0.5)),
            note="The weight is signed: zero at beta Delta = ln((1-eps)/eps), negative beyond.")
 def cdpo(m, v, beta, eps):
     u = beta * margin(v)
@@ -473,7 +600,8 @@ def cdpo(m, v, beta, eps):
 
 @objective("ipo", shape="paired", family="paired", data="paired",
            paper="IPO, Azar et al. 2023, arXiv 2310.12036",
-           defaults={"tau": (0.1, "IPO paper")}, options={"length_normalize": True},
+           defaults={"tau": (0.1, "IPO paper")}, options={"length_normalize": True}, sweep=("tau", (0.1, 0.5, 2.0)),
+           ranges={"tau": "[1e-6, 1e6]"},  # the target is 1/(2 tau)
            note="length_normalize=True divides each log-ratio by |y| as TRL and HALOs do; the DPO "
                 "authors' repository sums (length_normalize=False).")
 def ipo(m, v, tau, length_normalize):
@@ -486,6 +614,8 @@ def ipo(m, v, tau, length_normalize):
 @objective("slic", shape="paired", family="paired", data="paired",
            paper="SLiC-HF, Zhao et al. 2023, arXiv 2305.10425",
            defaults={"delta": (1.0, "SLiC-HF paper"), "lam": (0.1, "HALOs (paper value unverified)")},
+           ranges={"delta": "[0, 1e6]", "lam": "[0, 1e6]"},
+           sweep=("delta", (0.5, 1.0, 2.0)),
            seed=lambda m, v, delta, lam: (1 + m.step(delta - (v.logp_chosen - v.logp_rejected)),
                                           m.step(delta - (v.logp_chosen - v.logp_rejected))),
            seed_note="The seed writes w+ = 1 + w-, w- = 1{pi(y+)/pi(y-) < beta}: a margin in log space "
@@ -496,8 +626,21 @@ def slic(m, v, delta, lam):
     return loss, (hinge_active + lam, hinge_active)
 
 
+class RankedLoss(Hook):
+    """RRHF on ranked data: the batch holds k responses per prompt (logp, length, reward, each [B, k]),
+    and the loss is rrhf_ranked_loss; each response's weight -dL/dl_i is read off autograd and reported
+    as w+ for the best response and w- for the others."""
+
+    def loss(self, objective, batch, hp):
+        logp = batch["logp"]
+        loss = rrhf_ranked_loss(logp, batch["length"], batch["reward"])
+        (grad,) = torch.autograd.grad(loss.sum(), logp, retain_graph=True)
+        best = torch.nn.functional.one_hot(batch["reward"].argmax(-1), logp.shape[-1]).bool()
+        return loss, (-grad[best], grad[~best])
+
+
 @objective("rrhf", shape="paired", family="ranked", data="ranked",
-           paper="RRHF, Yuan et al. 2023, arXiv 2304.05302",
+           paper="RRHF, Yuan et al. 2023, arXiv 2304.05302", hooks=(RankedLoss(),), sweep=("lr", (2.5e-4, 5e-4, 1e-3)),
            seed=lambda m, v, **_: (1 + m.step(v.logp_rejected / v.len_rejected - v.logp_chosen / v.len_chosen),
                                    m.step(v.logp_rejected / v.len_rejected - v.logp_chosen / v.len_chosen)),
            seed_note="The seed writes w+ = 1 + w-, w- = 1{...}: RRHF ranks length-normalised log-probs, "
@@ -522,21 +665,24 @@ def rrhf_ranked_loss(logp: torch.Tensor, length: torch.Tensor, reward: torch.Ten
 
 @objective("orpo", shape="paired", family="paired", data="paired",
            paper="ORPO, Hong et al. 2024, arXiv 2403.07691 (no reference model)",
-           defaults={"lam": (0.1, "ORPO paper")},
+           defaults={"lam": (0.1, "ORPO paper")}, ranges={"lam": "[0, 1e6]"}, sweep=("lam", (0.1, 0.5, 1.0)),
            note="P = exp(l/|y|); the odds-ratio term's weight grows as 1/(1-P) when P -> 1.")
 def orpo(m, v, lam):
     mean_plus, mean_minus = v.logp_chosen / v.len_chosen, v.logp_rejected / v.len_rejected
     z = (mean_plus - m.log1mexp(mean_plus)) - (mean_minus - m.log1mexp(mean_minus))  # log odds ratio
     loss = -mean_plus - lam * m.logsigmoid(z)
-    # d log-odds / d l = 1 / (|y| (1 - P)), with 1 - P = -expm1(l / |y|)
-    w_plus = 1 / v.len_chosen - lam * m.sigmoid(-z) / (m.expm1(mean_plus) * v.len_chosen)
-    w_minus = -lam * m.sigmoid(-z) / (m.expm1(mean_minus) * v.len_rejected)
+    # d log-odds / d l = 1 / (|y| (1 - P)), with 1 - P = -expm1(l / |y|) (floored as log1mexp is, so at
+    # P = 1 exactly the weight is autograd's, not inf)
+    w_plus = 1 / v.len_chosen - lam * m.sigmoid(-z) / (m.expm1_floored(mean_plus) * v.len_chosen)
+    w_minus = -lam * m.sigmoid(-z) / (m.expm1_floored(mean_minus) * v.len_rejected)
     return loss, (w_plus, w_minus)
 
 
 @objective("simpo", shape="paired", family="paired", data="paired",
            paper="SimPO, Meng et al. 2024, arXiv 2405.14734 (no reference model)",
-           defaults={"beta": (2.0, "SimPO repo default"), "gamma": (0.5, "gamma/beta = 0.25, SimPO repo")})
+           defaults={"beta": (2.0, "SimPO repo default"), "gamma": (0.5, "gamma/beta = 0.25, SimPO repo")},
+           ranges={"gamma": "[0, 1e6]"},
+           sweep=("beta", (1.0, 2.0, 5.0)))
 def simpo(m, v, beta, gamma):
     u = beta * v.logp_chosen / v.len_chosen - beta * v.logp_rejected / v.len_rejected - gamma
     return -m.logsigmoid(u), (beta * m.sigmoid(-u) / v.len_chosen, beta * m.sigmoid(-u) / v.len_rejected)
@@ -569,18 +715,51 @@ for _name, (_f, _f_prime, _relation) in GPO_FUNCTIONS.items():
         f"gpo_{_name}", _gpo_formula(_f, _f_prime), shape="paired", family="paired", data="paired",
         paper="GPO, Tang et al. 2024, arXiv 2402.05749",
         defaults={"beta": (0.1, "DPO's beta; GPO sweeps it")},
-        max_log_ratio=1e3, note=f"f = {_name} {_relation}".strip()))
+        # logistic GPO is DPO term for term (chapter 9 proves it): the frontier trains it once, as dpo
+        sweep=None if _name == "logistic" else ("beta", (0.05, 0.1, 0.5)),
+        same_as="dpo" if _name == "logistic" else None,
+        # exp(-beta Delta) overflows float32 at beta |Delta| = 89: |Delta| up to 800 at the default beta
+        max_log_ratio=400.0 if _name == "exponential" else 1e3, note=f"f = {_name} {_relation}".strip()))
 
 # =============================================================================================
 # Offline unpaired
 # =============================================================================================
 
 
+class KTOReferencePoint(Hook):
+    """KTO's z0 from mismatched pairs: each completion with the prompt of the next row (a fixed
+    partner), scored by the policy under no gradient and by the reference once (cached)."""
+
+    @staticmethod
+    def mismatched(examples, indices):
+        n = len(examples)
+        return [(examples[(i + 1) % n]["prompt"], examples[i]["completions"][0]) for i in indices]
+
+    def reference_sequences(self, examples):
+        return {"mismatched": self.mismatched(examples, range(len(examples)))}
+
+    def offline_inputs(self, trainer, indices, batch):
+        with torch.no_grad():
+            policy = trainer.logprobs(self.mismatched(trainer.examples, indices))[0]
+        reference = trainer.reference_logprobs("mismatched", indices)
+        # z0 over the global batch: every process contributes its rows
+        z0 = kto_reference_point(trainer.accelerator.gather(policy), trainer.accelerator.gather(reference))
+        batch["z0"] = z0.expand_as(batch["logp"])
+        return {"z0": z0.item()}
+
+    def validate(self, config):
+        if config.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 for KTO's reference point z0 (estimated from the "
+                             f"batch's mismatched pairs), got {config.batch_size}")
+
+
 @objective("kto", shape="single", family="unpaired", data="unpaired",
            paper="KTO, Ethayarajh et al. 2024, arXiv 2402.01306",
            defaults={"beta": (0.1, "KTO paper"), "lambda_d": (1.0, "KTO paper"), "lambda_u": (1.0, "KTO paper")},
+           ranges={"lambda_d": "[0, 1e6]", "lambda_u": "[0, 1e6]"},
            trainer_defaults={"desirable_ratio_range": (1.0, 4 / 3),
                              "source": "KTO paper: keep lambda_D n_D / (lambda_U n_U) in [1, 4/3]"},
+           hooks=(KTOReferencePoint(),), sweep=("beta", (0.05, 0.1, 0.5)),
            seed=lambda m, v, **_: (v.label * m.sigmoid(v.reward - v.z0) * m.sigmoid(v.z0 - v.reward),),
            seed_note="The seed writes sigma'(r - E[log ratio]); exactly the implicit reward beta*rho "
                      "replaces r, beta multiplies the whole weight, lambda_D / lambda_U scale it, and "
@@ -605,6 +784,8 @@ def kto_reference_point(mismatched_logp: torch.Tensor, mismatched_ref_logp: torc
 @objective("una", shape="single", family="unpaired", data="unpaired",
            paper="UNA, Wang et al. 2024, arXiv 2408.15339 (binary feedback)",
            defaults={"beta": (0.01, "UNA paper, binary feedback")}, options={"loss": "mse"},
+           ranges={"loss": ("mse", "bce")},
+           sweep=("beta", (0.003, 0.01, 0.03)),
            note="Implicit reward r = beta rho, s = sigma(r); loss='mse' (s - label)^2 or 'bce'.")
 def una(m, v, beta, loss):
     s = m.sigmoid(beta * (v.logp - v.ref_logp))
@@ -619,7 +800,7 @@ def una(m, v, beta, loss):
 
 @objective("una_score", shape="single", family="unpaired", data="scored",
            paper="UNA, Wang et al. 2024, arXiv 2408.15339 (score feedback)",
-           defaults={"beta": (0.03, "UNA paper, score feedback")})
+           defaults={"beta": (0.03, "UNA paper, score feedback")}, sweep=("beta", (0.01, 0.03, 0.1)))
 def una_score(m, v, beta):
     r = beta * (v.logp - v.ref_logp)
     s = m.sigmoid(r)
@@ -629,10 +810,10 @@ def una_score(m, v, beta):
 register(Objective(
     "una_pairwise", dpo, shape="paired", family="paired", data="paired",
     paper="UNA, Wang et al. 2024, arXiv 2408.15339 (pairwise feedback)",
-    defaults={"beta": (0.1, "as DPO (UNA's pairwise form is DPO's loss; its beta unverified)")},
+    defaults={"beta": (0.1, "as DPO (UNA's pairwise form is DPO's loss; its beta unverified)")}, same_as="dpo",
     note="UNA's pairwise form is DPO's loss: the same formula function, registered under UNA."))
 
 
-__all__ = ["Objective", "Output", "REGISTRY", "get", "register", "objective", "SYMBOLS",
-           "adapt_kl_coefficient", "rloo_advantages", "grpo_advantages", "kto_reference_point",
+__all__ = ["Objective", "Output", "Hook", "REGISTRY", "get", "register", "objective", "SYMBOLS",
+           "adapt_kl_coefficient", "AdaptiveKL", "KTOReferencePoint", "RankedLoss", "kto_reference_point",
            "rrhf_ranked_loss"]

@@ -1,7 +1,8 @@
 """The book's figures: training curves, weight trajectories, reward-KL frontiers, the weight atlas.
 
 Every function draws on ``ax`` (a new figure when omitted) and returns it, so figures compose into
-subplots. Nothing here picks a backend: scripts and tests that run headless use Agg, set by the caller.
+subplots; the multi-panel ones return their figure. Nothing here picks a backend: the book draws
+inline, scripts and tests that run headless use Agg, set by the caller.
 """
 
 from __future__ import annotations
@@ -79,31 +80,82 @@ def plot_weights(records: list[dict], ax=None, low: str = "q10", high: str = "q9
     return ax
 
 
-def plot_frontier(
-    rows: list[dict], ax=None, x: str = "kl", y: str = "gold_reward", reference: float | None = None
-):
-    """Gold reward against KL(pi || pi_ref), one colour and marker per ``method``, each method's points
-    joined in order of KL (typically one point per beta or per checkpoint). ``reference`` draws the
-    reference policy's reward as a dashed horizontal line."""
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper-left envelope of (kl, reward) points: those no other point beats with less or equal KL."""
+    envelope, best = [], -math.inf
+    for kl, reward in sorted(points, key=lambda p: (p[0], -p[1])):
+        if reward > best:
+            envelope.append((kl, reward))
+            best = reward
+    return envelope
+
+
+KL_LABEL = "KL($\\pi\\,\\|\\,\\pi_{ref}$), nats per completion"
+
+
+def plot_frontier(rows: list[dict], ax=None, methods=None, reference: float | None = None, title: str = ""):
+    """Gold reward against KL(pi || pi_ref): every evaluated point of each method (faint), joined along
+    the method's envelope (the best reward at each KL), one colour and marker per method. `methods`
+    picks and orders them (default: all, in order of appearance); `reference` draws the reference
+    policy's reward as a dashed line. The KL axis is linear below 1 nat and logarithmic above."""
     ax = _axes(ax)
     by_method = defaultdict(list)
     for row in rows:
-        by_method[row["method"]].append((float(row[x]), float(row[y])))
-    for i, (method, points) in enumerate(by_method.items()):
-        points.sort(key=lambda point: point[0])
-        ax.plot(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            marker=MARKERS[i % len(MARKERS)],
-            color=f"C{i % 10}",
-            label=method,
-        )
+        by_method[row["method"]].append((float(row["kl"]), float(row["gold_reward"])))
+    for i, method in enumerate(methods or [m for m in by_method if m != "reference"]):
+        style = dict(color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)])
+        ax.scatter(*zip(*by_method[method]), s=14, alpha=0.35, **style)
+        ax.plot(*zip(*pareto(by_method[method])), label=method, markersize=5, **style)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="reference")
-    ax.set_xlabel("KL($\\pi \\,\\|\\, \\pi_{ref}$)" if x == "kl" else x)
-    ax.set_ylabel("gold reward" if y == "gold_reward" else y)
-    ax.legend()
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)  # KL >= 0; the automatic margin of a symlog axis would run below it
+    ax.set(xlabel=KL_LABEL, ylabel="gold reward", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return ax
+
+
+def plot_frontier_panels(rows: list[dict], groups: dict[str, list[str]], reference: float | None = None):
+    """One `plot_frontier` panel per group of methods (title -> methods), sharing both axes so panels
+    compare at a given KL."""
+    import matplotlib.pyplot as plt
+
+    columns = 2
+    lines = math.ceil(len(groups) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(12, 4.5 * lines), sharex=True, sharey=True, squeeze=False)
+    for ax, (title, methods) in zip(axes.flat, groups.items()):
+        plot_frontier(rows, ax, methods=methods, reference=reference, title=title)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    largest = max(float(r["kl"]) for r in rows)
+    axes.flat[0].set_xlim(0, max(1.0, 1.3 * largest))  # shared: every panel shows every point, on one KL range
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_best_within(best: dict[str, dict[float, float]], budgets):
+    """Heat map: methods x KL budgets, the best gold reward each method reaches within each budget
+    (best[method][budget]; a missing budget is a blank cell)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(best)
+    grid = np.array([[best[m].get(b, np.nan) for b in budgets] for m in methods])
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(methods) + 1.5))
+    image = ax.imshow(grid, cmap="viridis", vmin=0.4, vmax=1.0, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if value > 0.75 else "white")
+    ax.set_xticks(range(len(budgets)), ["any" if math.isinf(b) else f"≤ {b:g}" for b in budgets])
+    ax.set_yticks(range(len(methods)), methods)
+    ax.set_xlabel("KL budget")
+    ax.set_title("best gold reward within a KL budget")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
 
 
 def plot_weight_atlas(curves: dict, ax=None):

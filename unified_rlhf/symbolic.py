@@ -135,6 +135,42 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(near_zero, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
 
 
+class _SafeExp(torch.autograd.Function):
+    """exp whose backward passes a zero upstream gradient through as zero. torch's backward is
+    grad * exp(x), which is 0 * inf = NaN where exp overflows (a log-ratio above ~89 in float32) even
+    though nothing downstream depends on it, as in PPO's clipped branch. Bit for bit torch's exp and
+    backward wherever exp(x) is finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        result = torch.exp(x)
+        ctx.save_for_backward(result)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad):
+        (result,) = ctx.saved_tensors
+        return torch.where(grad == 0, grad, grad * result)
+
+
+def _gate(value, gate):
+    """`value`, a product that carries the 0/1 factor `gate`, with 0 where the gate is closed and the
+    product is NaN (inf * 0 or 0 / 0 in floating point): there its limit, and autograd's, is 0. Every
+    other entry, -0.0 included, is left as it is."""
+    if not torch.is_tensor(value):
+        return value
+    return torch.where((gate == 0) & torch.isnan(value), torch.zeros_like(value), value)
+
+
+def _expm1_floored(x):
+    """e^x - 1 for a log-prob x as `_log1mexp` sees it: expm1(x), except -1 where log1mexp floors x
+    (x > -tiny, a log-prob of 0 up to rounding). There log(1 - e^x) is held constant, so the slope of
+    the log-odds x - log(1 - e^x), 1 / (1 - e^x) = -1 / expm1(x) in general, is 1: what autograd gives."""
+    if not torch.is_tensor(x):
+        return math.expm1(x)
+    return torch.where(x > -torch.finfo(x.dtype).tiny, -torch.ones_like(x), torch.expm1(x))
+
+
 class _AccurateSigmoid(torch.autograd.Function):
     """sigma with the backward sigma(x) sigma(-x). torch.sigmoid's backward computes y (1 - y), which
     rounds to 0 (or loses all relative accuracy) once y is within 1e-16 of 1, where the exact
@@ -156,11 +192,15 @@ def _as_tensor_like(a, b):
 
 
 def _minimum(a, b):
+    if not (torch.is_tensor(a) or torch.is_tensor(b)):
+        return min(a, b)
     a, b = _as_tensor_like(a, b), _as_tensor_like(b, a)
     return torch.minimum(a, b)
 
 
 def _maximum(a, b):
+    if not (torch.is_tensor(a) or torch.is_tensor(b)):
+        return max(a, b)
     a, b = _as_tensor_like(a, b), _as_tensor_like(b, a)
     return torch.maximum(a, b)
 
@@ -175,13 +215,22 @@ def _sum_tokens(x, mask):
     return x if mask is None else (x * mask).sum(-1)
 
 
+def _number_sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def _number_logsigmoid(x: float) -> float:
+    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
+
+
 TORCH = SimpleNamespace(
     name="torch",
-    exp=_numeric(torch.exp, math.exp), expm1=_numeric(torch.expm1, math.expm1),
+    exp=_numeric(_SafeExp.apply, math.exp), expm1=_numeric(torch.expm1, math.expm1),
     log=_numeric(torch.log, math.log), sqrt=_numeric(torch.sqrt, math.sqrt), abs=torch.abs,
-    sigmoid=_AccurateSigmoid.apply, logsigmoid=F.logsigmoid,
+    sigmoid=_numeric(_AccurateSigmoid.apply, _number_sigmoid),
+    logsigmoid=_numeric(F.logsigmoid, _number_logsigmoid),
     softplus=lambda x: -F.logsigmoid(-x),  # F.softplus turns into the identity above 20 (2e-9 off)
-    log1mexp=_log1mexp,
+    log1mexp=_log1mexp, expm1_floored=_expm1_floored, gate=_gate,
     minimum=_minimum, maximum=_maximum,
     clip=lambda x, lo, hi: torch.clamp(x, lo, hi),
     relu=torch.relu,
@@ -193,7 +242,8 @@ SYMPY = SimpleNamespace(
     name="sympy",
     exp=sp.exp, expm1=lambda x: sp.exp(x) - 1, log=sp.log, sqrt=sp.sqrt, abs=sp.Abs,
     sigmoid=Sigmoid, logsigmoid=LogSigmoid, softplus=lambda x: -LogSigmoid(-x),
-    log1mexp=lambda x: sp.log(1 - sp.exp(x)),
+    log1mexp=lambda x: sp.log(1 - sp.exp(x)), expm1_floored=lambda x: sp.exp(x) - 1,
+    gate=lambda value, gate: value,  # the product already carries the gate; only floats need the guard
     minimum=sp.Min, maximum=sp.Max,
     clip=lambda x, lo, hi: sp.Min(sp.Max(x, lo), hi),
     relu=lambda x: sp.Max(x, 0),
@@ -294,13 +344,14 @@ def _variadic(torch_binary):
 
 class _TorchPrinter(TorchPrinter):
     """SymPy's torch printer, taught our sigmoids and vectorised Min / Max / Heaviside (the stock
-    ones accept Python numbers badly: torch.heaviside needs a tensor second argument)."""
+    ones accept Python numbers badly: torch.heaviside needs a tensor second argument). The sigmoids
+    compile to the package's stable functions (the torch back-end's, as the built-in methods use)."""
 
     def _print_Sigmoid(self, expr):
-        return f"torch.sigmoid({self._print(expr.args[0])})"
+        return f"_sigmoid({self._print(expr.args[0])})"
 
     def _print_LogSigmoid(self, expr):
-        return f"torch.nn.functional.logsigmoid({self._print(expr.args[0])})"
+        return f"_logsigmoid({self._print(expr.args[0])})"
 
     def _print_Heaviside(self, expr):
         return f"_heaviside({self._print(expr.args[0])})"
@@ -317,8 +368,40 @@ def _heaviside(x):
     return torch.where(x > 0, 1.0, torch.where(x < 0, 0.0, 0.5)).to(x.dtype)  # H(0) = 1/2, as SymPy
 
 
-_TORCH_NAMESPACE = {"torch": torch, "_heaviside": _heaviside,
-                    "_minimum": _variadic(_minimum), "_maximum": _variadic(_maximum)}
+class _CompiledTorch:
+    """What `torch` means inside a compiled expression. exp is the back-end's (its backward stays
+    finite where exp overflows and nothing depends on it); every other function is torch's. A function
+    of plain numbers only (log 2, sqrt(beta): a constant, or a hyperparameter, which arrives as a Python
+    number) is evaluated in float64 and returns a Python number, where torch would refuse a non-tensor."""
+
+    _STABLE = {"exp": TORCH.exp, "expm1": TORCH.expm1, "log": TORCH.log, "sqrt": TORCH.sqrt}
+
+    def __init__(self):
+        self._wrapped = {}
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name not in self._wrapped:
+            target = getattr(torch, name)
+            if not callable(target) or isinstance(target, type):
+                return target
+            self._wrapped[name] = self._numbers_too(self._STABLE.get(name, target))
+        return self._wrapped[name]
+
+    @staticmethod
+    def _numbers_too(function):
+        def call(*args, **kwargs):
+            if args and all(isinstance(a, (int, float)) for a in args):
+                result = function(*(torch.tensor(a, dtype=torch.float64) for a in args), **kwargs)
+                return result.item() if torch.is_tensor(result) else result
+            return function(*args, **kwargs)
+        return call
+
+
+_TORCH_NAMESPACE = {"torch": _CompiledTorch(), "_heaviside": _heaviside, "_sigmoid": TORCH.sigmoid,
+                    "_logsigmoid": TORCH.logsigmoid, "_minimum": _variadic(_minimum),
+                    "_maximum": _variadic(_maximum)}
 
 
 def to_torch(expr: sp.Expr, symbols: list[sp.Symbol]):

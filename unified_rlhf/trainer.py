@@ -1,12 +1,26 @@
-"""One trainer for every objective.
+"""One trainer for every objective; it knows no method by name.
 
 Each step builds the objective's inputs (policy log-probs with gradient, detached constants), calls
-the objective, and steps the optimiser. What differs between methods is only where the inputs come from:
+the objective, and steps the optimiser. What differs between methods is only where the inputs come
+from, and that is decided by the objective's record (objectives.py):
 
-  offline   rows of a JSONL file; chosen and rejected go through the model in one concatenated forward;
-            reference log-probs are computed once at the start and cached in the run directory
+  offline   rows of a JSONL file (the record's data kind); chosen and rejected go through the model in
+            one concatenated forward; reference log-probs come from a shared on-disk cache (refcache.py)
   reward    the same pairs through a scalar-head model (the weights multiply grad r_phi)
-  online    prompts -> samples from the policy -> reward (gold or a learned model) -> advantages
+  online    prompts -> samples from the policy -> reward (gold or a learned model) -> the record's
+            advantage estimator (advantages.py)
+
+Per-method behaviour that is not a loss (KTO's reference point, PPO's adaptive KL, RRHF's k responses)
+comes from the record's hooks (objectives.Hook). Callbacks let a reader watch a run without changing
+it: any object with `on_rollout(trainer, rollout, estimated)` and/or `on_step(trainer, metrics)`.
+
+A run is checked whole before its directory is written: the config (types, ranges, what the method's
+estimator and hooks need), the files (training data, held-out data), the models (the context holds
+max_length and the sampled tokens; a reward model has a trained head), and on resume that nothing but
+the EXTENDABLE fields differs from the saved run (settings, hyperparameters, and the content of the data,
+the models and the loss). Ctrl-C finishes the step, saves a checkpoint and raises TrainingInterrupted,
+whose message says how to resume; an error that leaves no checkpoint removes what the run wrote, so
+nothing blocks the next try.
 
 The device is picked by accelerate (CUDA with bf16 autocast when present, else CPU), and the same
 code runs data-parallel under `accelerate launch`: each process takes its slice of the global batch.
@@ -16,234 +30,211 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from . import evaluate, objectives, task
-from .config import TrainConfig
-from .data import load_rows
+from . import evaluate, objectives, refcache, task
+from .advantages import Rollout
+from .checks import SettingError
+from .config import TrainConfig, extendable_fields, resume_differences
+from .data import DATA_FILES, batch_indices, encode_rows, load_rows, read_jsonl
 from .logprobs import pad_batch, sequence_rewards, token_logprobs
+from .models import Encoder, check_model_path, load_model, load_tokenizer
 from .symbolic import TORCH
 
-DATA_FILES = {"sft": "sft", "sft_tagged": "sft_tagged", "online": "prompts", "paired": "pairs",
-              "unpaired": "unpaired", "ranked": "ranked", "scored": "scored"}
-RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "data_report.json", "reference_logps.pt")
+RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "data_report.json")
 
 
-# ============================================================================================ models
-def load_model(path: str, reward_head: bool = False, dtype=None):
-    """Any causal LM by local path or hub id; reward_head adds a scalar head (num_labels = 1)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # a bar per 1M-parameter load is noise in logs and notebooks
-    _check_model_path(path)
-    try:
-        if reward_head:  # the new scalar head is expected to be missing from an LM checkpoint: no report
-            verbosity = logging.get_verbosity()
-            logging.set_verbosity_error()
-            try:
-                return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-            finally:
-                logging.set_verbosity(verbosity)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as error:
-        raise FileNotFoundError(f"model '{path}' is neither a local model directory nor on the hub: {error}") from None
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was kept and how to resume."""
 
 
-def _check_model_path(path: str):
-    """A path that is clearly local (./, /, ~, nested, or with a suffix) must exist; anything else may be a hub id."""
-    local = Path(path)
-    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1 or local.suffix):
-        raise FileNotFoundError(f"model path '{path}' does not exist")
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    _check_model_path(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as error:
-        raise FileNotFoundError(f"no tokenizer at '{path}' (not a local directory, not on the hub): {error}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked everywhere, any id will do
-    return tokenizer
-
-
-# ============================================================================================ data
-class Encoder:
-    """Text -> token ids in the package's convention: [bos] + prompt, completion + [eos]."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.eos = tokenizer.eos_token_id
-        self.bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
-        self.truncated = self.dropped = 0
-
-    def prompt(self, text: str) -> list[int]:
-        return [self.bos] + self.tokenizer.encode(text, add_special_tokens=False)
-
-    def completion(self, text: str) -> list[int]:
-        return self.tokenizer.encode(" " + text, add_special_tokens=False) + [self.eos]
-
-    def fit(self, prompt: list[int], completion: list[int]):
-        """Cut the completion so prompt + completion <= max_length; None if the prompt alone is too long."""
-        room = self.max_length - len(prompt)
-        if room < 1:
-            return None
-        if len(completion) > room:
-            self.truncated += 1
-            return completion[:room]
-        return completion
-
-
-def tag_prompt(source: str, prompt: str) -> str:
-    """C-RLFT's class-conditioned prompt: the source tag goes in front of the prompt."""
-    return f"{source} : {prompt}"
-
-
-def evaluation_prompts(objective, data_dir) -> list[str]:
-    """The held-out prompts, as the method is used at inference: C-RLFT conditions on its expert tag."""
-    prompts = [r["prompt"] for r in load_rows(Path(data_dir) / "prompts_test.jsonl", "prompts")]
-    tag = objective.trainer_defaults.get("inference_tag")
-    return [tag_prompt(tag, p) for p in prompts] if tag else prompts
-
-
-def encode_rows(rows, kind: str, encoder: Encoder, source_weights: dict | None = None) -> tuple[list, dict]:
-    """Rows of a data kind -> a list of examples (token ids plus scalars); counts what was cut or dropped."""
-    examples = []
-    for row in rows:
-        if kind == "sft_tagged":
-            row = dict(row, prompt=tag_prompt(row["source"], row["prompt"]))
-        prompt = encoder.prompt(row["prompt"])
-        texts = {"paired": ("chosen", "rejected"), "ranked": ()}.get(kind, ("completion",))
-        if kind == "online":
-            examples.append({"prompt": prompt, "text": row["prompt"]})
-            continue
-        if kind == "ranked":
-            if examples and len(row["completions"]) != len(examples[0]["completions"]):
-                raise ValueError(f"ranked rows must all have the same number of completions: "
-                                 f"{len(row['completions'])} after {len(examples[0]['completions'])}")
-            completions = [encoder.fit(prompt, encoder.completion(c)) for c in row["completions"]]
-        else:
-            completions = [encoder.fit(prompt, encoder.completion(row[t])) for t in texts]
-        if any(c is None for c in completions):
-            encoder.dropped += 1
-            continue
-        example = {"prompt": prompt, "completions": completions, "text": row["prompt"]}
-        if kind == "ranked":
-            example["rewards"] = [float(r) for r in row["rewards"]]
-        if kind == "unpaired":
-            example["label"] = float(row["label"])
-        if kind == "scored":
-            example["score"] = float(row["score"])
-        if kind == "sft_tagged":
-            example["source_weight"] = float(source_weights[row["source"]])
-        examples.append(example)
-    report = {"rows": len(rows), "examples": len(examples), "truncated_completions": encoder.truncated,
-              "dropped_rows": encoder.dropped, "max_length": encoder.max_length}
-    return examples, report
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-
-
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
-    """The global batch of a step: positions step*B ... in a stream of seeded epoch permutations,
-    so a resumed run sees exactly the rows the uninterrupted run would have."""
-    return [_epoch_order(n, seed, p // n)[p % n] for p in range(step * batch_size, (step + 1) * batch_size)]
-
-
-# ============================================================================================ trainer
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, callbacks=()):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        self.config = cfg = config
-        self.objective = objectives.get(cfg.method)
+        self.config = cfg = config.validate()  # again: a config can be edited after it was made
+        self.objective = obj = objectives.get(cfg.method)
+        self.callbacks = list(callbacks)
         self.out = Path(cfg.out)
         self.accelerator = Accelerator(mixed_precision="bf16" if _cuda_bf16() else "no",
                                        cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
-        self._check_run_dir(resume, overwrite)  # refuse before loading anything; write only once all loaded
-        self.kind = self.objective.data
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.kind = obj.data
+        if cfg.batch_size < self.accelerator.num_processes:
+            raise SettingError(f"batch_size must be at least the {self.accelerator.num_processes} processes "
+                               f"(each takes its slice of the global batch), got {cfg.batch_size}")
+        self.fingerprint = self._fingerprint()  # what a resumed run must share with this one
+        self._check_run_dir(resume, overwrite)  # refuse before loading anything; write only once all is checked
+        self.tokenizer = _named("model", load_tokenizer, cfg.model)
         self.encoder = Encoder(self.tokenizer, cfg.max_length)
-        self.pad = self.tokenizer.pad_token_id
-        is_rm = self.objective.shape == "reward_model"
-        start = self.out / "checkpoint" if self.resuming else Path(cfg.model)
-        self.model = load_model(str(start) if self.resuming else cfg.model, reward_head=is_rm)
+        self.pad = self.encoder.pad
+        is_rm = obj.shape == "reward_model"
+        self.model = _named("model", load_model, self.out / "checkpoint" if self.resuming else cfg.model,
+                            reward_head=is_rm)
         self.model.config.pad_token_id = self.pad
-        needs_reference = any(n.startswith("ref_") for n in self.objective.inputs()) or self.kind == "online"
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
+        if self.context is not None and cfg.max_length > self.context:
+            raise SettingError(f"max_length must be at most the model's context of {self.context} positions "
+                               f"({cfg.model}), got {cfg.max_length}")
         self.reference = None
-        if needs_reference and not is_rm:
-            self.reference = load_model(cfg.reference or cfg.model).to(self.accelerator.device).eval()
-            self.reference.requires_grad_(False)
+        if (any(n.startswith("ref_") for n in obj.inputs()) or self.kind == "online") and not is_rm:
+            self.reference = self._frozen(cfg.reference or cfg.model)
         self.reward_model = None
         if cfg.reward_model:
-            self.reward_model = load_model(cfg.reward_model, reward_head=True).to(self.accelerator.device).eval()
-            self.reward_tokenizer = load_tokenizer(cfg.reward_model)
+            self.reward_model = self._frozen(cfg.reward_model, reward_head=True)
+            self.reward_encoder = Encoder(_named("reward_model", load_tokenizer, cfg.reward_model))
         self.examples, self.data_report = self._load_examples()
-        self._write_run_dir(overwrite and not resume)
+        if self.kind == "online":
+            self._check_room("the longest training prompt", [e["prompt"] for e in self.examples])
+        self._check_evaluation()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         # the scheduler stays unprepared: accelerate would step it once per process
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.step = 0
-        self.state = {"baseline": None, "kl_beta": None}  # VPG's running baseline, PPO-KL's adapted beta
+        self.state = {}  # what estimators and hooks keep between steps (a running baseline, PPO's beta)
+        self.checkpoint_step = None  # the step of the checkpoint on disk, once there is one
         if self.resuming:
             self._load_checkpoint()
-        self.cache = self._reference_cache() if self.kind != "online" else {}
+        self.reference_cache = self._reference_cache()
+        self._write_run_dir(overwrite and not resume)  # last: everything above was checked
+
+    def _frozen(self, path, reward_head=False):
+        """The reference (or with reward_head, the reward model), frozen; a failure names the field."""
+        field = "reward_model" if reward_head else "reference"
+        model = _named(field, load_model, path, reward_head=reward_head, trained_head=reward_head)
+        return model.to(self.accelerator.device).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------------ checks before the run
+    def _fingerprint(self) -> dict:
+        """The content a resumed run must share with the saved one: the training data, the models and the
+        loss (a hub id stands for itself). Also names a missing training file before anything is loaded."""
+        cfg, obj = self.config, self.objective
+        path = self._data_path()
+        if not path.is_file():
+            where = "data_file" if cfg.data_file else f"data_dir '{cfg.data_dir}' holds no {path.name} (data_file)"
+            raise FileNotFoundError(f"training data {path} does not exist ({where})")
+        digests = {}
+
+        def digest(model):
+            return digests.setdefault(model, refcache.model_digest(model))
+
+        options = {k: v for k, v in obj.hyperparameters(**cfg.hyperparameters).items() if k in obj.options}
+        return {"data": refcache.file_digest(path), "model": digest(cfg.model),
+                "reference": digest(cfg.reference or cfg.model),
+                "reward_model": digest(cfg.reward_model) if cfg.reward_model else None,
+                "loss": str(obj.sympy_loss(**options))}
+
+    def _check_room(self, what: str, prompts: list) -> None:
+        """Sampling max_new_tokens after each of `prompts` (token ids) must fit the model's context."""
+        longest = max((len(p) for p in prompts), default=0)
+        if self.context is not None and longest + self.config.max_new_tokens > self.context:
+            raise SettingError(f"max_new_tokens must leave room for {what} ({longest} tokens) in the model's "
+                               f"context of {self.context} positions: at most {self.context - longest}, got "
+                               f"{self.config.max_new_tokens}")
+
+    def _check_evaluation(self) -> None:
+        """What evaluate() will read, checked now rather than at its first call."""
+        cfg, obj = self.config, self.objective
+        if not cfg.eval_every:
+            return
+        kind = "pairs" if obj.shape == "reward_model" else "prompts"
+        path = Path(cfg.data_dir) / f"{kind}_test.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"held-out {kind} {path} do not exist (evaluation reads them every eval_every "
+                                    "steps; eval_every=0 trains without evaluating)")
+        if kind == "pairs":
+            load_rows(path, "paired")
+            return
+        prompts = evaluate.held_out_prompts(cfg.data_dir, obj.trainer_defaults.get("inference_tag"))
+        if cfg.eval_prompts > len(prompts):
+            raise SettingError(f"eval_prompts must be at most the {len(prompts)} held-out prompts of {path}, "
+                               f"got {cfg.eval_prompts}")
+        self._check_room("the longest held-out prompt", self.encoder.prompts(prompts[:cfg.eval_prompts]))
+        if self.reference is None:
+            check_model_path(cfg.reference or cfg.model)  # the reference is loaded at the first evaluation
 
     # ------------------------------------------------------------------------ run directory
     def _check_run_dir(self, resume: bool, overwrite: bool):
-        self.resuming = resume and (self.out / "checkpoint" / "trainer_state.pt").exists()
-        if resume and not self.resuming:
-            raise FileNotFoundError(f"cannot resume: {self.out} holds no checkpoint")
+        checkpoint = self.out / "checkpoint" / "trainer_state.pt"
+        self.resuming = resume and checkpoint.exists()
         existing = self.out.exists() and any((self.out / f).exists() for f in RUN_FILES)
+        if resume and not self.resuming:
+            hint = " (it stopped before its first checkpoint; overwrite=True (--overwrite) starts it again)"
+            raise FileNotFoundError(f"cannot resume: {self.out} holds no checkpoint{hint if existing else ''}")
         if existing and not (resume or overwrite):
-            raise FileExistsError(f"{self.out} already holds a run; pass resume=True (--resume) to continue it "
-                                  "or overwrite=True (--overwrite) to replace it")
+            what = "resume=True (--resume) to continue it or " if checkpoint.exists() else ""
+            raise FileExistsError(f"{self.out} already holds a run; pass {what}overwrite=True (--overwrite) to "
+                                  "replace it")
+        if self.resuming:
+            saved = self.out / "config.json"
+            if not saved.is_file():
+                raise FileNotFoundError(f"cannot resume: {self.out} holds a checkpoint but no config.json to "
+                                        "check this config against")
+            differences = resume_differences(json.loads(saved.read_text()), self._resolved())
+            if differences:
+                raise ValueError(f"cannot resume {self.out}: this config differs from the saved run in "
+                                 f"{'; '.join(differences)}. Only {', '.join(sorted(extendable_fields()))} may "
+                                 f"change (`unified-rlhf train --resume --out {self.out}` takes the saved "
+                                 "settings); to train this config, pass another out (--out) or overwrite=True")
+
+    def _resolved(self) -> dict:
+        """config.json: the config, with the objective's defaults as this run uses them, what evaluate_run
+        needs to know about the method, and the fingerprint a resume is checked against."""
+        obj = self.objective
+        return self.config.to_dict() | {
+            "objective_hyperparameters": obj.hyperparameters(**self.config.hyperparameters),
+            "evaluation": {"kind": "reward_model" if obj.shape == "reward_model" else "policy",
+                           "inference_tag": obj.trainer_defaults.get("inference_tag")},
+            "fingerprint": self.fingerprint}
 
     def _write_run_dir(self, clear: bool):
         if self.accelerator.is_main_process:
             if clear:  # --overwrite: only the files a run writes are removed
-                for name in (*RUN_FILES, "checkpoint", "model"):
-                    target = self.out / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+                _remove_run_files(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
-            resolved = self.config.to_dict() | {  # the objective's defaults as this run used them
-                "objective_hyperparameters": self.objective.hyperparameters(**self.config.hyperparameters)}
-            (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
+            (self.out / "config.json").write_text(json.dumps(self._resolved(), indent=2))
             (self.out / "data_report.json").write_text(json.dumps(self.data_report, indent=2))
         self.accelerator.wait_for_everyone()
 
-    def _load_examples(self):
+    def _discard_if_unresumable(self):
+        """After an error: with no checkpoint the run cannot be resumed, and what it wrote would only block
+        the next try, so it is removed (files of your own in the directory stay)."""
+        if self.accelerator.is_main_process and not (self.out / "checkpoint" / "trainer_state.pt").exists():
+            _remove_run_files(self.out)
+            try:
+                self.out.rmdir()  # only if it is now empty
+            except OSError:
+                pass
+
+    def _data_path(self) -> Path:
         cfg = self.config
-        path = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_dir) / f"{DATA_FILES[self.kind]}_train.jsonl"
+        return Path(cfg.data_file) if cfg.data_file else Path(cfg.data_dir) / f"{DATA_FILES[self.kind]}_train.jsonl"
+
+    def _load_examples(self):
+        path = self._data_path()
         rows = load_rows(path, "prompts" if self.kind == "online" else self.kind)
         weights = self.objective.trainer_defaults.get("source_weights")
         examples, report = encode_rows(list(rows), self.kind, self.encoder, weights)
         report["file"] = str(path)
         if not examples:
-            raise ValueError(f"{path}: no usable rows ({report})")
-        if self.accelerator.is_main_process:
-            if report["dropped_rows"] or report["truncated_completions"]:
-                print(f"{path}: {report['dropped_rows']} rows dropped (prompt longer than max_length "
-                      f"{cfg.max_length}), {report['truncated_completions']} completions truncated")
+            raise ValueError(f"{path}: no usable rows: all {report['rows']} prompts leave no room for a completion "
+                             f"within max_length {self.config.max_length}")
+        if self.accelerator.is_main_process and (report["dropped_rows"] or report["truncated_completions"]):
+            print(f"{path}: {report['dropped_rows']} rows dropped (prompt longer than max_length "
+                  f"{self.config.max_length}), {report['truncated_completions']} completions truncated")
         return examples, report
 
-    # ------------------------------------------------------------------------ forward passes
-    def _sequences(self, pairs, model=None, per_token=False):
+    # ------------------------------------------------------------------------ log-probs
+    def logprobs(self, pairs, model=None, per_token=False):
         """(prompt ids, completion ids) pairs -> log-probs ([N] sums, or [N, T] per token), lengths, mask."""
         model = model or self.model
         ids, attention, completion = (t.to(self.accelerator.device) for t in pad_batch(
@@ -253,43 +244,36 @@ class Trainer:
         tokens = tokens.float()
         return (tokens if per_token else tokens.sum(-1)), mask.sum(-1).float(), mask
 
-    @torch.no_grad()
-    def _reference_cache(self) -> dict:
-        """Reference log-probs of every training sequence, computed once (and saved with the run)."""
-        path = self.out / "reference_logps.pt"
-        needs = [n for n in self.objective.inputs() if n.startswith("ref_")]
-        needs_mismatched = self.objective.name == "kto"
-        if not needs and not needs_mismatched:
-            return {}
-        if path.exists():
-            return torch.load(path, map_location=self.accelerator.device)
+    def _reference_cache(self):
+        """Reference log-probs of the training sequences: each side of a row, plus any sequences the
+        objective's hooks name, looked up lazily in the shared cache (refcache.py)."""
+        if self.kind == "online" or not any(n.startswith("ref_") for n in self.objective.inputs()):
+            return None
         sides = 2 if self.kind == "paired" else 1
-        cache = {f"side{i}": [] for i in range(sides)} | ({"mismatched": []} if needs_mismatched else {})
-        for start in range(0, len(self.examples), 64):
-            chunk = self.examples[start:start + 64]
-            for i in range(sides):
-                cache[f"side{i}"].append(self._sequences([(e["prompt"], e["completions"][i]) for e in chunk],
-                                                         self.reference)[0])
-            if needs_mismatched:
-                cache["mismatched"].append(self._sequences(self._mismatched(range(start, start + len(chunk))),
-                                                           self.reference)[0])
-        cache = {k: torch.cat(v) for k, v in cache.items()}
-        if self.accelerator.is_main_process:
-            torch.save(cache, path)
-        return cache
+        sequences = {f"side{i}": [(e["prompt"], e["completions"][i]) for e in self.examples] for i in range(sides)}
+        for hook in self.objective.hooks:
+            sequences |= hook.reference_sequences(self.examples)
+        cfg = self.config
+        key = refcache.cache_key(
+            reference=self.fingerprint["reference"], data=self.fingerprint["data"],
+            kind=self.kind, max_length=cfg.max_length, sequences=sorted(sequences),
+            tokenizer=self.tokenizer.backend_tokenizer.to_str() if hasattr(self.tokenizer, "backend_tokenizer")
+            else repr(self.tokenizer), device=str(self.accelerator.device),
+            precision=self.accelerator.mixed_precision, threads=torch.get_num_threads(), torch=torch.__version__)
+        directory = Path(cfg.reference_cache) if cfg.reference_cache else refcache.default_directory()
+        return refcache.ReferenceCache(lambda pairs: self.logprobs(pairs, self.reference)[0], sequences,
+                                       directory / f"{key}.pt", self.accelerator.device)
 
-    def _mismatched(self, indices):
-        """KTO's (x', y) pairs: each completion with the prompt of the next row (a fixed partner)."""
-        n = len(self.examples)
-        return [(self.examples[(i + 1) % n]["prompt"], self.examples[i]["completions"][0]) for i in indices]
+    def reference_logprobs(self, name: str, indices) -> torch.Tensor:
+        """l_ref of rows `indices` of a cached sequence list ("side0", "side1", or a hook's name)."""
+        return self.reference_cache.get(name, indices)
 
     # ------------------------------------------------------------------------ one offline step
     def offline_inputs(self, indices: list[int]) -> tuple[dict, dict]:
+        """The objective's inputs for rows `indices`, and what hooks report for the log."""
         obj, examples = self.objective, [self.examples[i] for i in indices]
-        index = torch.tensor(indices, device=self.accelerator.device)
         batch, info = {}, {}
         if self.kind == "paired":
-            token_view = obj.level == "token"
             pairs = [(e["prompt"], e["completions"][0]) for e in examples] + \
                     [(e["prompt"], e["completions"][1]) for e in examples]
             if obj.shape == "reward_model":
@@ -299,55 +283,48 @@ class Trainer:
                     rewards = sequence_rewards(self.model, ids, attention).float()
                 batch["reward_chosen"], batch["reward_rejected"] = rewards.chunk(2)
                 return batch, info
-            tokens, lengths, mask = self._sequences(pairs, per_token=True)  # one concatenated forward
+            tokens, lengths, mask = self.logprobs(pairs, per_token=True)  # one concatenated forward
             chosen, rejected = tokens.chunk(2)
+            per_token = obj.level == "token" and "logp_rejected" in obj.token_vars
             batch["logp_chosen"] = chosen.sum(-1)
-            batch["logp_rejected"] = rejected if token_view and "logp_rejected" in obj.token_vars else rejected.sum(-1)
+            batch["logp_rejected"] = rejected if per_token else rejected.sum(-1)
             batch["mask_rejected"] = mask.chunk(2)[1]
             batch["len_chosen"], batch["len_rejected"] = lengths.chunk(2)
-            if "side0" in self.cache:
-                batch["ref_logp_chosen"] = self.cache["side0"][index]
-                batch["ref_logp_rejected"] = self.cache["side1"][index]
+            if self.reference_cache is not None:
+                batch["ref_logp_chosen"] = self.reference_logprobs("side0", indices)
+                batch["ref_logp_rejected"] = self.reference_logprobs("side1", indices)
         elif self.kind == "ranked":
             k = len(examples[0]["completions"])
-            pairs = [(e["prompt"], c) for e in examples for c in e["completions"]]
-            logp, lengths, _ = self._sequences(pairs)
+            logp, lengths, _ = self.logprobs([(e["prompt"], c) for e in examples for c in e["completions"]])
             batch = {"logp": logp.view(-1, k), "length": lengths.view(-1, k),
                      "reward": torch.tensor([e["rewards"] for e in examples], device=logp.device)}
         else:  # one completion per row: sft, sft_tagged, unpaired, scored
-            logp, lengths, _ = self._sequences([(e["prompt"], e["completions"][0]) for e in examples])
+            logp, lengths, _ = self.logprobs([(e["prompt"], e["completions"][0]) for e in examples])
             batch = {"logp": logp, "length": lengths}
-            if "side0" in self.cache:
-                batch["ref_logp"] = self.cache["side0"][index]
+            if self.reference_cache is not None:
+                batch["ref_logp"] = self.reference_logprobs("side0", indices)
             for key in ("label", "score", "source_weight"):
                 if key in examples[0]:
                     batch[key] = torch.tensor([e[key] for e in examples], device=logp.device)
-            if obj.name == "kto":
-                with torch.no_grad():
-                    mismatched = self._sequences(self._mismatched(indices))[0]
-                # z0 over the global batch: every process contributes its rows
-                policy_mis = self.accelerator.gather(mismatched)
-                reference_mis = self.accelerator.gather(self.cache["mismatched"][index])
-                batch["z0"] = objectives.kto_reference_point(policy_mis, reference_mis).expand_as(logp)
-                info["z0"] = batch["z0"][0].item()
+        for hook in obj.hooks:
+            info |= hook.offline_inputs(self, indices, batch)
         return batch, info
 
-    def loss_and_weights(self, batch: dict):
-        """The objective's per-example losses and weights; ranked data uses RRHF's k-response loss,
-        whose per-response weights -dL/dl_i are read off autograd."""
-        if self.kind == "ranked":
-            logp = batch["logp"]
-            loss = objectives.rrhf_ranked_loss(logp, batch["length"], batch["reward"])
-            (grad,) = torch.autograd.grad(loss.sum(), logp, retain_graph=True)
-            best = torch.nn.functional.one_hot(batch["reward"].argmax(-1), logp.shape[-1]).bool()
-            return loss, (-grad[best], grad[~best])
-        out = self.objective(batch, **self.config.hyperparameters)
+    def loss_and_weights(self, batch: dict, hp: dict | None = None):
+        """The objective's per-example losses and weights (a hook may supply the loss, as RRHF's does)."""
+        hp = self.config.hyperparameters if hp is None else hp
+        for hook in self.objective.hooks:
+            result = hook.loss(self.objective, batch, hp)
+            if result is not None:
+                return result
+        out = self.objective(batch, **hp)
         return out.loss, out.weights
 
     # ------------------------------------------------------------------------ one online step
     @torch.no_grad()
-    def rollout(self, indices: list[int]) -> dict:
-        """Sample from the current policy, score, and turn rewards into advantages (see _advantages)."""
+    def rollout(self, indices: list[int]) -> Rollout:
+        """Sample k completions per prompt from the current policy, score them, and take their log-probs
+        under the sampling policy and the reference."""
         cfg, policy = self.config, self.accelerator.unwrap_model(self.model)
         prompts = [self.examples[i]["prompt"] for i in indices]
         texts = [self.examples[i]["text"] for i in indices]
@@ -357,62 +334,37 @@ class Trainer:
                                       temperature=cfg.temperature, eos_id=self.encoder.eos, pad_id=self.pad,
                                       seed=seed)
         pairs = [(prompts[i // k], c) for i, c in enumerate(completions)]
-        old, lengths, mask = self._sequences(pairs, per_token=True)
-        ref, _, _ = self._sequences(pairs, self.reference, per_token=True)
-        rewards = self._score([texts[i // k] for i in range(len(completions))], completions)
-        return {"pairs": pairs, "old": old, "ref": ref, "length": lengths, "mask": mask, "reward": rewards,
-                "completions": completions}
+        old, _, mask = self.logprobs(pairs, per_token=True)
+        ref, _, _ = self.logprobs(pairs, self.reference, per_token=True)
+        rewards = self.score([texts[i // k] for i in range(len(completions))], completions)
+        return Rollout(pairs=pairs, completions=completions, reward=rewards, old=old, ref=ref, mask=mask,
+                       group_size=k)
 
-    def _score(self, prompts: list[str], completions: list[list[int]]) -> torch.Tensor:
-        texts = [evaluate.decode(self.tokenizer, c) for c in completions]
+    def score(self, prompts: list[str], completions: list[list[int]]) -> torch.Tensor:
+        """Rewards of completions: the task's gold reward, or the configured reward model."""
+        texts = [self.encoder.decode(c) for c in completions]
         if self.reward_model is None:
-            values = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
-            return torch.tensor(values, device=self.accelerator.device)
-        encoder = Encoder(self.reward_tokenizer, 10**6)
+            rewards = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
+            return torch.tensor(rewards, device=self.accelerator.device)
+        encoder = self.reward_encoder
         pairs = [(encoder.prompt(p), encoder.completion(t)) for p, t in zip(prompts, texts)]
         ids, attention, _ = (t.to(self.accelerator.device) for t in pad_batch(
-            [p for p, _ in pairs], [c for _, c in pairs], self.reward_tokenizer.pad_token_id, "right"))
+            [p for p, _ in pairs], [c for _, c in pairs], encoder.pad, "right"))
         return sequence_rewards(self.reward_model, ids, attention).float()
 
-    def _advantages(self, sample: dict) -> torch.Tensor:
-        """Advantages as each online method defines them (objectives.py holds the estimators' maths)."""
-        cfg, name = self.config, self.objective.name
-        reward, mask = sample["reward"], sample["mask"].float()
-        kl_tokens = (sample["old"] - sample["ref"]) * mask  # log pi/pi_ref per token of the sample
-        k = cfg.samples_per_prompt
-        if name == "vpg":  # REINFORCE with a running-mean baseline
-            shaped = reward - cfg.kl_coef * kl_tokens.sum(-1)
-            baseline = self.state["baseline"] if self.state["baseline"] is not None else shaped.mean().item()
-            self.state["baseline"] = 0.9 * baseline + 0.1 * shaped.mean().item()
-            sample["baseline"], sample["reward_for_loss"] = torch.full_like(shaped, baseline), shaped
-            return shaped - baseline
-        if name == "rloo":  # leave-one-out over the k samples of a prompt, KL folded into the reward
-            return objectives.rloo_advantages((reward - cfg.kl_coef * kl_tokens.sum(-1)).view(-1, k)).flatten()
-        if name == "grpo":  # group-standardised outcome reward; GRPO's KL sits in the loss
-            return objectives.grpo_advantages(reward.view(-1, k)).flatten()
-        # PPO family and APA: per-token rewards -kl_coef * log(pi/pi_ref), plus r at the last token
-        # (Ziegler et al. 2019); returns-to-go with gamma = 1, whitened (no learned critic here).
-        # Columns cover prompt and completion: the last completion token is the last masked column.
-        last = (torch.arange(mask.shape[-1], device=mask.device) * mask).argmax(-1)
-        token_rewards = -cfg.kl_coef * kl_tokens
-        token_rewards[torch.arange(len(reward)), last] += reward
-        returns = token_rewards.flip(-1).cumsum(-1).flip(-1)
-        valid = mask.bool()
-        mean, std = returns[valid].mean(), returns[valid].std().clamp_min(1e-6)
-        return ((returns - mean) / std) * mask
+    def advantages(self, rollout: Rollout) -> dict:
+        """The record's advantage estimator on this rollout: loss inputs such as "advantage" (and, for
+        REINFORCE, the shaped "reward" and "baseline"). Updates the estimator's state."""
+        return self.objective.advantage(rollout, self.config.kl_coef, self.state)
 
-    def online_inputs(self, sample: dict, advantages: torch.Tensor) -> dict:
-        obj = self.objective
-        token_view = obj.level == "token"
-        logp, lengths, mask = self._sequences(sample["pairs"], per_token=token_view)
-        batch = {"logp": logp, "length": lengths, "mask": mask, "advantage": advantages,
-                 "reward": sample.get("reward_for_loss", sample["reward"]),
-                 "baseline": sample.get("baseline", torch.zeros_like(lengths))}
-        if token_view:
-            batch.update(old_logp=sample["old"], ref_logp=sample["ref"])
-        else:
-            batch.update(old_logp=sample["old"].sum(-1), ref_logp=sample["ref"].sum(-1))
-        return batch
+    def online_inputs(self, rollout: Rollout, estimated: dict) -> dict:
+        """The objective's inputs: the policy's log-probs (with gradient) of the sampled completions."""
+        token_view = self.objective.level == "token"
+        logp, lengths, mask = self.logprobs(rollout.pairs, per_token=token_view)
+        batch = {"logp": logp, "length": lengths, "mask": mask, "reward": rollout.reward,
+                 "baseline": torch.zeros_like(lengths)} | estimated
+        old, ref = (rollout.old, rollout.ref) if token_view else (rollout.old.sum(-1), rollout.ref.sum(-1))
+        return batch | {"old_logp": old, "ref_logp": ref}
 
     # ------------------------------------------------------------------------ the loop
     def optimizer_step(self, loss: torch.Tensor) -> float:
@@ -424,42 +376,44 @@ class Trainer:
         return float(norm)
 
     def train_step(self) -> dict:
-        cfg, acc = self.config, self.accelerator
+        cfg, acc, obj = self.config, self.accelerator, self.objective
         indices = batch_indices(self.step, cfg.batch_size, len(self.examples), cfg.seed)
         local = indices[acc.process_index::acc.num_processes]
         started = time.time()
         metrics = {"step": self.step + 1}
+        hp = dict(cfg.hyperparameters)
+        for hook in obj.hooks:
+            hp = hook.hyperparameters(self.state, hp)
         if self.kind == "online":
-            sample = self.rollout(local)
-            advantages = self._advantages(sample)
-            hp = dict(cfg.hyperparameters)
-            if self.state["kl_beta"] is not None:  # PPO-KL: the coefficient adapted after the last update
-                hp["beta"] = self.state["kl_beta"]
+            rollout = self.rollout(local)
+            estimated = self.advantages(rollout)
+            for callback in self.callbacks:
+                if hasattr(callback, "on_rollout"):
+                    callback.on_rollout(self, rollout, estimated)
             for _ in range(cfg.update_epochs):
-                batch = self.online_inputs(sample, advantages)
-                out = self.objective(batch, **hp)
-                loss = out.loss.mean()
+                batch = self.online_inputs(rollout, estimated)
+                loss, weights = self.loss_and_weights(batch, hp)
+                loss = loss.mean()
                 metrics["grad_norm"] = self.optimizer_step(loss)
-            weights = out.weights
             with torch.no_grad():  # the policy after this step's updates, for KL(pi_old || pi)
-                updated = self._sequences(sample["pairs"], per_token=True)[0]
-            metrics |= _online_metrics(sample, batch, updated, self.objective, hp)
-            if self.objective.name == "ppo_kl":
-                beta = self.objective.hyperparameters(**hp)["beta"]
-                self.state["kl_beta"] = objectives.adapt_kl_coefficient(
-                    beta, metrics["policy_kl_old"], self.objective.trainer_defaults["kl_target"])
-                metrics["kl_beta"] = self.state["kl_beta"]
+                updated = self.logprobs(rollout.pairs, per_token=True)[0]
+            metrics |= _online_metrics(rollout, batch, updated, obj, hp)
         else:
             batch, info = self.offline_inputs(local)
-            loss_per_example, weights = self.loss_and_weights(batch)
+            loss_per_example, weights = self.loss_and_weights(batch, hp)
             loss = loss_per_example.mean()
             metrics["grad_norm"] = self.optimizer_step(loss)
             metrics |= info | _offline_metrics(batch)
+        for hook in obj.hooks:
+            hook.after_step(obj, self.state, metrics, hp)
         metrics["loss"] = loss.item()
-        metrics |= _weight_metrics(weights, self.objective, batch, self.kind)
+        metrics |= _weight_metrics(weights, batch)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["seconds"] = time.time() - started
         self.step += 1
+        for callback in self.callbacks:
+            if hasattr(callback, "on_step"):
+                callback.on_step(self, metrics)
         return metrics
 
     def train(self) -> dict:
@@ -469,22 +423,51 @@ class Trainer:
         progress = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.method,
                         disable=not (cfg.progress and acc.is_main_process))
         last_eval = None
-        if self.step == 0 and cfg.eval_every and cfg.eval_at_start and acc.is_main_process:
-            last_eval = self.evaluate()
-        while self.step < cfg.max_steps:
-            metrics = self.train_step()
-            if acc.is_main_process:
-                _append(self.out / "metrics.jsonl", metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-            progress.update(1)
-            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
-                if acc.is_main_process:
+        try:
+            with _StopOnInterrupt(acc) as stop:
+                if self.step == 0 and cfg.eval_every and cfg.eval_at_start and acc.is_main_process and not any(
+                        r["step"] == 0 for r in read_jsonl(self.out / "eval.jsonl")):
                     last_eval = self.evaluate()
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-                self.save_checkpoint()
+                while self.step < cfg.max_steps:
+                    if stop.requested():
+                        self._stop()
+                    metrics = self.train_step()
+                    if acc.is_main_process:
+                        _append(self.out / "metrics.jsonl", metrics)
+                        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+                    progress.update(1)
+                    if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                        if acc.is_main_process:
+                            last_eval = self.evaluate()
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                        self.save_checkpoint()
+        except TrainingInterrupted:
+            progress.close()
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+            progress.close()
+            self._discard_if_unresumable()
+            raise TrainingInterrupted(self._interrupted_message()) from None
+        except BaseException:
+            progress.close()
+            self._discard_if_unresumable()
+            raise
         progress.close()
         self.save_model(self.out / "model")
         return last_eval or {}
+
+    def _stop(self):
+        """Ctrl-C between steps: checkpoint this step (if the schedule has not just done so) and stop."""
+        if self.checkpoint_step != self.step:
+            self.save_checkpoint()
+        raise TrainingInterrupted(self._interrupted_message())
+
+    def _interrupted_message(self) -> str:
+        where = f"interrupted at step {self.step} of {self.config.max_steps}"
+        if self.checkpoint_step is None:
+            return f"{where}, before its first checkpoint: nothing was kept"
+        return (f"{where}; the checkpoint of step {self.checkpoint_step} is in {self.out / 'checkpoint'}. "
+                f"Continue with: unified-rlhf train --resume --out {self.out}")
 
     # ------------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -492,16 +475,16 @@ class Trainer:
         """Gold reward / KL / win rate on held-out prompts (policies), accuracy on held-out pairs (RMs)."""
         cfg, model = self.config, self.accelerator.unwrap_model(self.model)
         if self.objective.shape == "reward_model":
-            result = {"step": self.step} | reward_model_accuracy(
-                model, self.tokenizer, Path(cfg.data_dir) / "pairs_test.jsonl", cfg.max_length)
+            result = evaluate.reward_model_accuracy(model, self.tokenizer, Path(cfg.data_dir) / "pairs_test.jsonl",
+                                                    cfg.max_length)
         else:
-            prompts = evaluation_prompts(self.objective, cfg.data_dir)
             if self.reference is None:  # reference-free methods still report KL to the starting model
-                self.reference = load_model(cfg.reference or cfg.model).to(self.accelerator.device).eval()
-            result = evaluate.evaluate_policy(model, self.reference, self.tokenizer, prompts[:cfg.eval_prompts],
-                                              samples_per_prompt=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
-                                              seed=cfg.seed)
-            result = {"step": self.step} | result
+                self.reference = self._frozen(cfg.reference or cfg.model)
+            result = evaluate.evaluate_held_out(
+                model, self.reference, self.tokenizer, cfg.data_dir, prompts=cfg.eval_prompts,
+                samples_per_prompt=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                inference_tag=self.objective.trainer_defaults.get("inference_tag"))
+        result = {"step": self.step} | result
         _append(self.out / "eval.jsonl", result)
         return result
 
@@ -518,20 +501,73 @@ class Trainer:
             torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "state": self.state},
                        self.out / "checkpoint" / "trainer_state.pt")
+        self.checkpoint_step = self.step
 
     def _load_checkpoint(self):
         saved = torch.load(self.out / "checkpoint" / "trainer_state.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.step, self.state = saved["step"], saved["state"]
-        for name in ("metrics.jsonl", "eval.jsonl"):  # forget what the interrupted run logged after the checkpoint
-            path = self.out / name
-            if path.exists() and self.accelerator.is_main_process:
-                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-                path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step))
+        self.checkpoint_step = self.step
+        if self.accelerator.is_main_process:
+            for name in ("metrics.jsonl", "eval.jsonl"):  # forget what the interrupted run logged after the checkpoint
+                rows = read_jsonl(self.out / name)
+                if rows:
+                    (self.out / name).write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step))
 
 
 # ============================================================================================ helpers
+class _StopOnInterrupt:
+    """While training, Ctrl-C (SIGINT) asks for a stop instead of raising mid-step, where the model and the
+    optimiser can be half updated: `requested()` says so between steps (on every process, under accelerate).
+    A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught, and
+    Ctrl-C behaves as usual."""
+
+    def __init__(self, accelerator):
+        self.accelerator, self.flag, self.previous = accelerator, False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.flag = True
+        signal.signal(signal.SIGINT, self._restore())
+
+    def _restore(self):
+        return self.previous if callable(self.previous) or self.previous in (signal.SIG_IGN, signal.SIG_DFL) \
+            else signal.default_int_handler
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self._restore())
+
+    def requested(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self.flag
+        if self.flag:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
+
+
+def _named(field: str, load, path, **kwargs):
+    """load(path, ...), with the config field it came from in front of a failure's message (on one line)."""
+    try:
+        return load(path, **kwargs)
+    except OSError as error:
+        raise FileNotFoundError(f"{field}: {' '.join(str(error).split())}") from None
+    except ValueError as error:
+        raise ValueError(f"{field}: {' '.join(str(error).split())}") from None
+
+
+def _remove_run_files(out: Path):
+    for name in (*RUN_FILES, "checkpoint", "model"):
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+
 def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
@@ -549,7 +585,7 @@ def _summary(prefix: str, values: torch.Tensor) -> dict:
     return {f"{prefix}_mean": values.mean().item(), f"{prefix}_q10": q[0], f"{prefix}_q90": q[1]}
 
 
-def _weight_metrics(weights, obj, batch: dict, kind: str) -> dict:
+def _weight_metrics(weights, batch: dict) -> dict:
     """Summaries of w+ and w- as the objective computed them. Single-completion methods have one signed
     weight: with labels (KTO, UNA) desirable rows give w+ and undesirable rows -w as w-."""
     if len(weights) == 2:
@@ -580,15 +616,15 @@ def _offline_metrics(batch: dict) -> dict:
     return out
 
 
-def _online_metrics(sample: dict, batch: dict, updated: torch.Tensor, obj, hp: dict) -> dict:
+def _online_metrics(rollout: Rollout, batch: dict, updated: torch.Tensor, obj, hp: dict) -> dict:
     """reward, KL of the samples to the reference, and, per token: KL(pi_old || pi) after the update
     (what PPO's adaptive rule measures) and the fraction of tokens whose gradient the clip cut in the
     last update epoch."""
-    mask = sample["mask"].float()
+    mask = rollout.mask.float()
     tokens = mask.sum()
-    log_ratio = (updated - sample["old"]) * mask
-    out = {"reward_mean": sample["reward"].mean().item(),
-           "sample_kl": ((sample["old"] - sample["ref"]) * mask).sum(-1).mean().item(),
+    log_ratio = (updated - rollout.old) * mask
+    out = {"reward_mean": rollout.reward.mean().item(),
+           "sample_kl": rollout.kl_per_token().sum(-1).mean().item(),
            "sample_length": mask.sum(-1).mean().item(),
            "policy_kl_old": (((log_ratio.exp() - 1 - log_ratio) * mask).sum() / tokens).item()}
     if "eps" in obj.defaults:
@@ -600,31 +636,8 @@ def _online_metrics(sample: dict, batch: dict, updated: torch.Tensor, obj, hp: d
     return out
 
 
-@torch.no_grad()
-def reward_model_accuracy(model, tokenizer, path, max_length: int = 64, limit: int = 512) -> dict:
-    """Held-out pairs: how often r(chosen) > r(rejected) (agreement with the data's labels), and how
-    often the reward model orders the pair as the gold reward does."""
-    rows = list(load_rows(path, "paired"))[:limit]
-    encoder = Encoder(tokenizer, max_length)
-    device = next(model.parameters()).device
-    scores = []
-    for side in ("chosen", "rejected"):
-        pairs = [(encoder.prompt(r["prompt"]), encoder.completion(r[side])) for r in rows]
-        ids, attention, _ = pad_batch([p for p, _ in pairs], [c[:max_length] for _, c in pairs],
-                                      tokenizer.pad_token_id, "right")
-        scores.append(sequence_rewards(model, ids.to(device), attention.to(device)).float().cpu())
-    gold = torch.tensor([task.gold_reward(r["prompt"], r["chosen"]) - task.gold_reward(r["prompt"], r["rejected"])
-                         for r in rows])
-    predicted = scores[0] - scores[1]
-    decided = gold != 0
-    return {"accuracy": (predicted > 0).float().mean().item(),
-            "gold_agreement": ((predicted > 0) == (gold > 0))[decided].float().mean().item(),
-            "pairs": len(rows)}
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
+    return Trainer(config, resume=resume, overwrite=overwrite, callbacks=callbacks).train()
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    trainer = Trainer(config, resume=resume, overwrite=overwrite)
-    return trainer.train()
-
-
-__all__ = ["Trainer", "train", "load_model", "load_tokenizer", "Encoder", "encode_rows", "batch_indices"]
+__all__ = ["Trainer", "TrainingInterrupted", "train"]
