@@ -1,26 +1,43 @@
-# Two entry points (see README):  `make book`  and  `make test`.
-# Both create .venv on first use and reinstall when pyproject.toml changes.
+# Entry points (see README):  `make book`,  `make test`  (what CI runs, .ci/run)  and  `make check`.
+# All create .venv on first use and reinstall when pyproject.toml changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# chapters executed at once by `make book`, and pytest-xdist workers: one per core of the 2-core machine
+# the book is written on (each kernel and each worker uses one torch thread)
+JOBS   ?= 2
 
-.PHONY: book test verify frontier clean
+.PHONY: book test check check-data verify frontier clean
 
+# pip -qq: errors only. Then matplotlib's font cache, built here rather than in the first chapter that
+# draws (where its "building the font cache" warning would land in the chapter's outputs).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[book,test]"
+	$(BIN)/pip install -qq --disable-pip-version-check -e ".[book,test]"
+	$(BIN)/python -c "import matplotlib.font_manager"
 	touch $@
 
-## Execute every notebook in order (outputs saved in place), regenerate the book's figures, and
-## render the static HTML book (book_html/index.html).
+## Execute every notebook (outputs saved in place, figures inline and under notebooks/figures/),
+## $(JOBS) at a time, and render the static HTML book (book_html/index.html).
 book: $(VENV)/.installed
-	$(BIN)/python scripts/run_book.py
+	$(BIN)/python scripts/run_book.py --jobs $(JOBS)
 	$(BIN)/python scripts/build_html.py
 
-## The test suite: lint, unit tests, and the notebooks under nbval.
+## The test suite: lint, unit tests, and every notebook under nbval (every text output compared).
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
+
+## The fast tier, about a minute: lint and the unit tests not marked slow (no notebooks, no training
+## runs; conftest.py lists the slow tests). One process: for this little, workers cost more than they save.
+check: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow" tests
+
+## The slow tier outside CI: rebuild data/ and the reference model from their seed (about 11 minutes on
+## one core) and check every file against the sha256 recorded in data/build_report.json.
+check-data: $(VENV)/.installed
+	$(BIN)/python -m pytest -p no:xdist --data-build -m data_build tests/test_build.py
 
 ## Symbolic + autograd verification of every objective, one row per method.
 verify: $(VENV)/.installed

@@ -1,37 +1,142 @@
-"""Execute every notebook of the book in order, in place, and report the time each takes.
+"""Execute the book's notebooks in place, several at a time, and report the time each takes.
 
-    python scripts/run_book.py            # all chapters
-    python scripts/run_book.py 03 08      # chapters whose file name starts with these prefixes
+    python scripts/run_book.py                  # every chapter, two at a time
+    python scripts/run_book.py 03 08            # chapters whose file name starts with these prefixes
+    python scripts/run_book.py --jobs 1         # one chapter at a time
+    python scripts/run_book.py --notebooks DIR  # the notebooks of another copy of the book
+
+Executing the book twice gives byte-identical notebooks and figures: every kernel runs with the
+environment in KERNEL_ENV (one torch thread, figures drawn inline; nbval's kernels get the same, see
+conftest.py), and no execution timestamps are stored; tests/test_book_outputs.py checks that the
+chapters store no progress bars or wall-clock times either.
+A chapter that fails is left as it was on disk; its error is printed and the exit status is 1.
 """
 
+from __future__ import annotations
+
+import argparse
 import os
+import re
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-
 BOOK = Path(__file__).resolve().parents[1] / "notebooks"
+# The environment of every kernel that executes a chapter, here and under nbval (conftest.py):
+# figures are drawn inline (each appears in the notebook where it is drawn; chapters also save a copy
+# under notebooks/figures/), and torch, MKL and tokenizers use one thread, so the numbers a chapter
+# prints do not depend on how many chapters run at once or on the machine's core count.
+KERNEL_ENV = {
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+# The chapter's own estimate, "*Time: about 2.5 minutes ...*", used to start the longest chapters first.
+BUDGET = re.compile(r"\*Time: about ([\d.]+) (second|minute)s?")
 
 
-def main(prefixes: list[str]) -> int:
-    notebooks = sorted(p for p in BOOK.glob("*.ipynb") if not prefixes or p.name.startswith(tuple(prefixes)))
-    if not notebooks:
-        print(f"no notebooks to run in {BOOK}")
+def budget(path: Path) -> float:
+    """The chapter's stated running time in seconds (from its "*Time: about ...*" line), 60 if it has none."""
+    match = BUDGET.search(path.read_text(encoding="utf-8"))
+    if not match:
+        return 60.0
+    return float(match.group(1)) * (60 if match.group(2) == "minute" else 1)
+
+
+def kernel_environment() -> dict[str, str]:
+    return {**os.environ, **KERNEL_ENV}
+
+
+def kernel_config(scratch: Path):
+    """Kernel-manager settings: encrypt the kernel's channels (CurveZMQ, which the python3 kernelspec
+    supports), which also keeps the kernel from warning that it runs "over TCP without encryption"."""
+    import zmq
+    from traitlets.config import Config
+
+    config = Config()
+    if zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    else:  # no CurveZMQ in this pyzmq build: local IPC sockets instead (files in the folder `scratch`)
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(scratch / "kernel")
+    return config
+
+
+def strip_volatile(notebook) -> None:
+    """Drop what changes from one execution to the next without the code's results changing."""
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)  # nbclient's per-cell timestamps (older runs recorded them)
+
+
+def execute(path: Path, timeout: int = 900) -> tuple[Path, float, str | None]:
+    """Execute one notebook in place (working directory: its folder). Returns (path, seconds, error or None)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    start = time.perf_counter()
+    notebook = nbformat.read(path, as_version=4)
+    # scratch: the kernel process's own log (shown if the chapter fails), and IPC sockets if any
+    with tempfile.TemporaryDirectory(prefix="run_book-") as scratch, open(Path(scratch) / "kernel.log", "w+") as stderr:
+        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(path.parent)}}, config=kernel_config(Path(scratch)))
+        try:
+            client.execute(env=kernel_environment(), stderr=stderr)
+        except Exception as error:  # a failing cell, a timeout, a dead kernel: report it, run the other chapters
+            stderr.seek(0)
+            log = stderr.read().strip()
+            return path, time.perf_counter() - start, str(error) + (f"\nkernel log:\n{log}" if log else "")
+    strip_volatile(notebook)
+    nbformat.write(notebook, path)
+    return path, time.perf_counter() - start, None
+
+
+def chapters(folder: Path, prefixes: list[str]) -> list[Path]:
+    return sorted(p for p in folder.glob("*.ipynb") if not prefixes or p.name.startswith(tuple(prefixes)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefixes", nargs="*", help="run only the chapters whose file name starts with these")
+    parser.add_argument("--jobs", "-j", type=int, default=2, help="chapters executed at once (default 2: "
+                        "one per core of the 2-core machine the book is written on)")
+    parser.add_argument("--notebooks", type=Path, default=BOOK, help="the folder of notebooks (default: the book)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds allowed for one cell (default 900)")
+    args = parser.parse_args(argv)
+    paths = chapters(args.notebooks, args.prefixes)
+    if not paths:
+        print(f"no notebooks to run in {args.notebooks}")
         return 0
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for path in notebooks:
-        start = time.time()
-        notebook = nbformat.read(path, as_version=4)
-        here = {"metadata": {"path": str(BOOK)}}  # run with the notebooks folder as working directory
-        client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources=here)
-        client.execute()
-        nbformat.write(notebook, path)
-        print(f"{path.name:40s} {time.time() - start:6.1f} s", flush=True)
-    return 0
+    jobs = max(1, min(args.jobs, len(paths)))
+    order = sorted(paths, key=budget, reverse=True)  # longest first: the last ones to finish are short
+    start = time.perf_counter()
+    if jobs == 1:
+        results = (execute(path, args.timeout) for path in order)
+        failed, busy = report(results)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each chapter runs in its own kernel process
+            futures = [pool.submit(execute, path, args.timeout) for path in order]
+            failed, busy = report(future.result() for future in as_completed(futures))
+    total = time.perf_counter() - start
+    print(f"{len(paths)} notebooks in {total:.0f} s ({busy:.0f} s of execution, {jobs} at a time)"
+          + (f"; FAILED: {', '.join(sorted(failed))}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+def report(results) -> tuple[list[str], float]:
+    """Print each chapter's time (and error) as it finishes; return the failed ones and the total time."""
+    failed, busy = [], 0.0
+    for path, seconds, error in results:
+        busy += seconds
+        print(f"{path.name:40s} {seconds:6.1f} s{'   FAILED' if error else ''}", flush=True)
+        if error:
+            failed.append(path.name)
+            print(error, file=sys.stderr, flush=True)
+    return failed, busy
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -44,3 +44,19 @@ def test_chapters_index_links_figures_and_math(tmp_path):
     assert 'href="02_second.html">2. Second chapter →' in one and '← 1. First chapter' in two
     assert "data:image/png;base64" in one and "data:image/png;base64" in two  # output and markdown figure
     assert "mathjax" in one.lower() and "w_+ = 1" in one
+
+
+def test_the_real_books_pages_show_every_figure(tmp_path):
+    """Each chapter page of the real book embeds every figure its executed notebook holds."""
+    notebooks = ROOT / "notebooks"
+    chapters = sorted(notebooks.glob("[0-9]*.ipynb"))
+    written = build_html.build(notebooks, tmp_path)
+    assert [p.name for p in written] == ["index.html"] + [f"{p.stem}.html" for p in chapters]
+    figures = {}
+    for path in chapters:
+        cells = nbformat.read(path, as_version=4).cells
+        figures[path.stem] = sum("image/png" in output.get("data", {}) for cell in cells
+                                 for output in cell.get("outputs", []))
+        page = (tmp_path / f"{path.stem}.html").read_text(encoding="utf-8")
+        assert page.count("data:image/png;base64") >= figures[path.stem], f"{path.name}: figures missing from its page"
+    assert sum(figures.values()) > 0, "the executed book holds no figures"
