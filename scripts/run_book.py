@@ -67,9 +67,21 @@ def kernel_config(scratch: Path):
 
 
 def strip_volatile(notebook) -> None:
-    """Drop what changes from one execution to the next without the code's results changing."""
+    """Drop what changes from one execution to the next without the code's results changing: nbclient's
+    per-cell timestamps, and the split of printed text into stream outputs (it follows when the kernel
+    flushed, so consecutive pieces of one stream are joined)."""
     for cell in notebook.cells:
-        cell.metadata.pop("execution", None)  # nbclient's per-cell timestamps (older runs recorded them)
+        cell.metadata.pop("execution", None)  # older runs recorded timestamps here
+        outputs = []
+        for output in cell.get("outputs", []):
+            previous = outputs[-1] if outputs else None
+            if (output.output_type == "stream" and previous is not None and previous.output_type == "stream"
+                    and previous.name == output.name):
+                previous.text += output.text
+            else:
+                outputs.append(output)
+        if "outputs" in cell:
+            cell.outputs = outputs
 
 
 def execute(path: Path, timeout: int = 900) -> tuple[Path, float, str | None]:

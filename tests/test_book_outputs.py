@@ -173,6 +173,9 @@ def test_stored_notebook_holds_nothing_volatile(path):
     for i, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
             continue
+        streams = [(o.output_type, o.get("name")) for o in cell.outputs]
+        if any(a == b == ("stream", a[1]) for a, b in zip(streams, streams[1:])):
+            problems.append(f"{where(path, i, cell)} stores one stream split in pieces (where the kernel flushed)")
         for text in texts(cell):
             for pattern, what in ((PROGRESS_BAR, "a progress bar"), (ADDRESS, "a memory address")):
                 if pattern.search(text):

@@ -7,39 +7,15 @@ import os
 import shutil
 import signal
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from training_runs import DATA, small
 
 from unified_rlhf import cli, objectives
 from unified_rlhf.checks import SettingError
-from unified_rlhf.config import default_config
 from unified_rlhf.models import load_model
 from unified_rlhf.trainer import Trainer, TrainingInterrupted
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-pytestmark = pytest.mark.skipif(not (DATA / "reference").is_dir(), reason="data/ not built")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def reference_cache(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("reference_cache")
-    previous = os.environ.get("UNIFIED_RLHF_CACHE")
-    os.environ["UNIFIED_RLHF_CACHE"] = str(directory)
-    yield directory
-    if previous is None:
-        del os.environ["UNIFIED_RLHF_CACHE"]
-    else:
-        os.environ["UNIFIED_RLHF_CACHE"] = previous
-
-
-def small(method, out, **overrides):
-    values = dict(data_dir=str(DATA), model=str(DATA / "reference"), out=str(out), max_steps=2, batch_size=4,
-                  samples_per_prompt=2, max_new_tokens=8, eval_every=0, progress=False)
-    return default_config(method, **(values | overrides))
-
 
 ARGS = ["--data-dir", str(DATA), "--model", str(DATA / "reference"), "--batch-size", "4",
         "--set", "eval_every=0", "--set", "progress=false"]
