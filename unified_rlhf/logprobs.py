@@ -57,7 +57,8 @@ def sequence_logprobs(model, input_ids, attention_mask, completion_mask):
 
 @torch.no_grad()
 def sequence_logprobs_slow(model, prompt: list[int], completion: list[int]) -> float:
-    """Reference: one example, no padding, one token at a time. For tests only."""
+    """The slow, obviously right version: one example, no padding, one token at a time (chapter 1 and the
+    tests check the batched log-probs against it)."""
     ids = torch.tensor([prompt + completion])
     total = 0.0
     for t in range(len(prompt), len(prompt) + len(completion)):
