@@ -256,7 +256,7 @@ GROUPS = {
 
 def reference_free(method: str) -> bool:
     """A policy objective whose loss reads no reference log-prob (SLiC, unlikelihood, ORPO, SimPO, ...)."""
-    return not any(name.startswith("ref_") for name in objectives.get(method).inputs())
+    return not objectives.get(method).reads_reference
 
 
 def groups(rows: list[dict]) -> dict[str, list[str]]:

@@ -130,6 +130,11 @@ class Objective:
         names |= set(POLICY_VARIABLES[self.shape])
         return tuple(n for n in VARIABLES if n in names)
 
+    @property
+    def reads_reference(self) -> bool:
+        """Whether the loss reads a reference log-prob (DPO, KTO, ...); SimPO, ORPO, SFT and the like do not."""
+        return any(n.startswith("ref_") for n in self.inputs())
+
     def _symbolic(self, options: tuple):
         return _symbolic_form(self, options)
 

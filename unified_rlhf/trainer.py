@@ -84,7 +84,7 @@ class Trainer:
             raise SettingError(f"max_length must be at most the model's context of {self.context} positions "
                                f"({cfg.model}), got {cfg.max_length}")
         self.reference = None
-        if (any(n.startswith("ref_") for n in obj.inputs()) or self.kind == "online") and not is_rm:
+        if (obj.reads_reference or self.kind == "online") and not is_rm:
             self.reference = self._frozen(cfg.reference or cfg.model)
         self.reward_model = None
         if cfg.reward_model:
@@ -247,7 +247,7 @@ class Trainer:
     def _reference_cache(self):
         """Reference log-probs of the training sequences: each side of a row, plus any sequences the
         objective's hooks name, looked up lazily in the shared cache (refcache.py)."""
-        if self.kind == "online" or not any(n.startswith("ref_") for n in self.objective.inputs()):
+        if self.kind == "online" or not self.objective.reads_reference:
             return None
         sides = 2 if self.kind == "paired" else 1
         sequences = {f"side{i}": [(e["prompt"], e["completions"][i]) for e in self.examples] for i in range(sides)}
