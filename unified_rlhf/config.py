@@ -1,7 +1,7 @@
 """Training configuration: one dataclass, every field documented on its line.
 
 The objective's own defaults (beta, eps, ...) come from the paper and live on its record in
-objectives.py, and so do the values it trains with on the book's task (`Objective.task_defaults`:
+objectives/, and so do the values it trains with on the book's task (`Objective.task_defaults`:
 learning rate, batch size, steps, sampling), which the papers' numbers cannot tell us for a
 1M-parameter model on synthetic reviews. Every run writes its resolved config to `config.json`.
 

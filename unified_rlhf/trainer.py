@@ -2,7 +2,7 @@
 
 Each step builds the objective's inputs (policy log-probs with gradient, detached constants), calls
 the objective, and steps the optimiser. What differs between methods is only where the inputs come
-from, and that is decided by the objective's record (objectives.py):
+from, and that is decided by the objective's record (objectives/):
 
   offline   rows of a JSONL file (the record's data kind); chosen and rejected go through the model in
             one concatenated forward; reference log-probs come from a shared on-disk cache (refcache.py)
