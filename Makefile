@@ -43,7 +43,7 @@ check-data: $(VENV)/.installed
 verify: $(VENV)/.installed
 	$(BIN)/unified-rlhf verify --all
 
-## The reward-KL frontier behind chapter 15: every method over its main knob (about an hour on 2 CPU
+## The reward-KL frontier behind chapter 17: every method over its main knob (about an hour on 2 CPU
 ## cores, minutes on a GPU); finished points in runs/compare are reused.
 frontier: $(VENV)/.installed
 	$(BIN)/unified-rlhf compare --out results/frontier

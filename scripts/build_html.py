@@ -20,7 +20,7 @@ import nbformat
 from nbconvert import HTMLExporter
 
 ROOT = Path(__file__).resolve().parents[1]
-# a link to a chapter, optionally to a section in it: href="08_dpo.ipynb" or href="08_dpo.ipynb#the-loss"
+# a link to a chapter, optionally to a section in it: href="09_dpo.ipynb" or href="09_dpo.ipynb#the-loss"
 CHAPTER_LINK = re.compile(r'href="(?:\./)?([\w\-]+)\.ipynb(#[^"]*)?"')
 # the index page loads MathJax as nbconvert's chapter pages do, for the formulas in the chapter summaries
 MATHJAX = """<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js?config=TeX-AMS_CHTML-full,Safe">

@@ -34,7 +34,7 @@ from .plots import pareto  # noqa: F401  (the frontier's envelope; chapters call
 # The main knob of each method and its values come from the method's record (`Objective.sweep`): a
 # hyperparameter (beta, eps, lam, ...) or, for methods without one, a TrainConfig field (the KL penalty
 # folded into the reward for online methods, the learning rate for SFT-like ones). A method whose loss is
-# another's term for term (`Objective.same_as`, proved in chapters 9 and 14) is trained once, listed twice.
+# another's term for term (`Objective.same_as`, proved in chapters 10 and 15) is trained once, listed twice.
 def sweeps() -> dict[str, tuple[str, tuple]]:
     """method -> (knob, values), in registry order."""
     return {name: obj.sweep for name, obj in objectives.REGISTRY.items() if obj.sweep is not None}

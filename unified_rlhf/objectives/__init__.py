@@ -12,9 +12,9 @@ where the exact weights differ.
     supervised.py  sft, crlft                                   (chapter 2)
     online.py      vpg, trpo, ppo_kl, ppo_clip, apa, rloo       (chapters 3-6)
     grpo.py        grpo                                         (chapter 6)
-    reward.py      rm                                           (chapter 7)
-    paired.py      dpo, cdpo, ipo, gpo_*, slic, rrhf, unlikelihood, orpo, simpo (chapters 8-12)
-    unpaired.py    kto, una, una_score, una_pairwise            (chapters 13-14)
+    reward.py      rm                                           (chapter 8)
+    paired.py      dpo, cdpo, ipo, gpo_*, slic, rrhf, unlikelihood, orpo, simpo (chapters 9-13)
+    unpaired.py    kto, una, una_score, una_pairwise            (chapters 14-15)
 
 The modules are imported in the book's order, which is the registry's (and `unified-rlhf list`'s) order.
 """

@@ -1,4 +1,4 @@
-"""Offline paired objectives (chapters 8-12)."""
+"""Offline paired objectives (chapters 9-13)."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ for _name, (_f, _f_prime, _relation) in GPO_FUNCTIONS.items():
         f"gpo_{_name}", _gpo_formula(_f, _f_prime), shape="paired", family="paired", data="paired",
         paper="GPO, Tang et al. 2024, arXiv 2402.05749",
         defaults={"beta": (0.1, "DPO's beta; GPO sweeps it")},
-        # logistic GPO is DPO term for term (chapter 9 proves it): the frontier trains it once, as dpo
+        # logistic GPO is DPO term for term (chapter 10 proves it): the frontier trains it once, as dpo
         sweep=None if _name == "logistic" else ("beta", (0.05, 0.1, 0.5)),
         same_as="dpo" if _name == "logistic" else None,
         # exp(-beta Delta) overflows float32 at beta |Delta| = 89: |Delta| up to 800 at the default beta

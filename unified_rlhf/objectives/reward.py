@@ -1,4 +1,4 @@
-"""The Bradley-Terry reward model: its weights multiply grad r_phi, not grad log pi (chapter 7)."""
+"""The Bradley-Terry reward model: its weights multiply grad r_phi, not grad log pi (chapter 8)."""
 
 from __future__ import annotations
 

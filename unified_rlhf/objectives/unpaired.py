@@ -1,4 +1,4 @@
-"""Offline unpaired objectives: KTO and UNA (chapters 13-14)."""
+"""Offline unpaired objectives: KTO and UNA (chapters 14-15)."""
 
 from __future__ import annotations
 
