@@ -49,6 +49,15 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask):
     return logps.masked_fill(~mask, 0.0), mask
 
 
+def completion_distributions(model, input_ids, attention_mask, completion_mask):
+    """log pi(. | x, y_<t) over the whole vocabulary at each completion token, [B, T-1, V], and the mask
+    [B, T-1] (same shift as token_logprobs). TRPO's trust region measures the exact KL between two of these."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.log_softmax(logits, dim=-1), completion_mask[:, 1:].bool()
+
+
 def sequence_logprobs(model, input_ids, attention_mask, completion_mask):
     """(l(y) summed over completion tokens [B], number of completion tokens |y| [B])."""
     logps, mask = token_logprobs(model, input_ids, attention_mask, completion_mask)

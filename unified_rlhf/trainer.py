@@ -43,7 +43,7 @@ from .advantages import Rollout
 from .checks import SettingError
 from .config import TrainConfig, extendable_fields, resume_differences
 from .data import DATA_FILES, batch_indices, encode_rows, load_rows, read_jsonl
-from .logprobs import pad_batch, sequence_rewards, token_logprobs
+from .logprobs import completion_distributions, pad_batch, sequence_rewards, token_logprobs
 from .models import Encoder, check_model_path, load_model, load_tokenizer
 from .symbolic import TORCH
 
@@ -244,6 +244,14 @@ class Trainer:
         tokens = tokens.float()
         return (tokens if per_token else tokens.sum(-1)), mask.sum(-1).float(), mask
 
+    def distributions(self, pairs, model=None):
+        """log pi(. | x, y_<t) over the vocabulary at each completion token ([N, T, V]) and the mask [N, T]."""
+        model = model or self.model
+        ids, attention, completion = (t.to(self.accelerator.device) for t in pad_batch(
+            [p for p, _ in pairs], [c for _, c in pairs], self.pad, "right"))
+        with self.accelerator.autocast():
+            return completion_distributions(model, ids, attention, completion)
+
     def _reference_cache(self):
         """Reference log-probs of the training sequences: each side of a row, plus any sequences the
         objective's hooks name, looked up lazily in the shared cache (refcache.py)."""
@@ -375,6 +383,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def update(self, loss: torch.Tensor, recompute_loss, sequences, hp: dict) -> dict:
+        """One update of the policy from this batch's loss: the record's own step if one of its hooks takes
+        it (TRPO's natural-gradient step with a line search, which re-evaluates the loss with
+        `recompute_loss()` and the policy's distributions on `sequences`), else the optimiser's."""
+        for hook in self.objective.hooks:
+            metrics = hook.update(self, loss, recompute_loss, sequences, hp)
+            if metrics is not None:
+                return metrics
+        return {"grad_norm": self.optimizer_step(loss)}
+
     def train_step(self) -> dict:
         cfg, acc, obj = self.config, self.accelerator, self.objective
         indices = batch_indices(self.step, cfg.batch_size, len(self.examples), cfg.seed)
@@ -390,11 +408,14 @@ class Trainer:
             for callback in self.callbacks:
                 if hasattr(callback, "on_rollout"):
                     callback.on_rollout(self, rollout, estimated)
+            def online_loss():
+                return self.loss_and_weights(self.online_inputs(rollout, estimated), hp)[0].mean()
+
             for _ in range(cfg.update_epochs):
                 batch = self.online_inputs(rollout, estimated)
                 loss, weights = self.loss_and_weights(batch, hp)
                 loss = loss.mean()
-                metrics["grad_norm"] = self.optimizer_step(loss)
+                metrics |= self.update(loss, online_loss, rollout.pairs, hp)
             with torch.no_grad():  # the policy after this step's updates, for KL(pi_old || pi)
                 updated = self.logprobs(rollout.pairs, per_token=True)[0]
             metrics |= _online_metrics(rollout, batch, updated, obj, hp)
@@ -402,7 +423,8 @@ class Trainer:
             batch, info = self.offline_inputs(local)
             loss_per_example, weights = self.loss_and_weights(batch, hp)
             loss = loss_per_example.mean()
-            metrics["grad_norm"] = self.optimizer_step(loss)
+            metrics |= self.update(loss, lambda: self.loss_and_weights(self.offline_inputs(local)[0], hp)[0].mean(),
+                                   None, hp)
             metrics |= info | _offline_metrics(batch)
         for hook in obj.hooks:
             hook.after_step(obj, self.state, metrics, hp)

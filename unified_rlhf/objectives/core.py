@@ -164,6 +164,10 @@ class Hook:
         hyperparameters(state, hp)         the step's hyperparameters (PPO's adapted KL coefficient)
         after_step(objective, state, metrics, hp)
                                            update `state` (saved in checkpoints) and add metrics
+        update(trainer, loss, recompute_loss, sequences, hp)
+                                           take the policy's update step itself (TRPO's natural gradient
+                                           with a line search) and return its metrics, or None to leave
+                                           the step to the optimiser
         validate(config)                   refuse a TrainConfig the hook cannot run with (KTO's batch of
                                            one), naming the field, before the run starts
 
@@ -184,6 +188,9 @@ class Hook:
 
     def after_step(self, objective, state: dict, metrics: dict, hp: dict) -> None:
         pass
+
+    def update(self, trainer, loss, recompute_loss, sequences, hp: dict) -> dict | None:
+        return None
 
     def validate(self, config) -> None:
         pass

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import advantages
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .. import advantages, checks, trust_region
 from .core import ONLINE_TASK, Hook, Objective, objective, register, unclipped
 
 
@@ -55,13 +58,65 @@ class AdaptiveKL(Hook):
 
 
 register(Objective(
-    "trpo", kl_penalized_surrogate, shape="single", family="online", data="online",
-    paper="TRPO, Schulman et al. 2015, arXiv 1502.05477 (penalty form)",
-    defaults={"beta": (1.0, "PPO paper's initial KL coefficient; TRPO proper uses a constraint "
-                            "delta = 0.01 (baselines code), not a penalty")}, ranges={"beta": "[0, 1e6]"},
+    "ppo_kl_fixed", kl_penalized_surrogate, shape="single", family="online", data="online",
+    paper="PPO paper's fixed KL-penalty baseline, Schulman et al. 2017, arXiv 1707.06347",
+    defaults={"beta": (1.0, "PPO paper, Table 1 compares fixed beta = 0.3, 1, 3, 10")}, ranges={"beta": "[0, 1e6]"},
     level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
     advantage=advantages.KLShapedReturns(), task_defaults=ONLINE_TASK, sweep=("beta", (0.3, 1.0, 3.0)),
-    note="The unconstrained penalty form; the natural-gradient step with a line search is not implemented."))
+    note="The surrogate with a fixed KL penalty, stepped by Adam. The PPO paper's baseline; TRPO (trpo) "
+         "takes the same weights at beta = 0 and replaces the penalty with a trust region on the step."))
+
+
+def trust_region_surrogate(m, v, max_kl):
+    """TRPO's surrogate ratio * A: the KL-penalised surrogate at beta = 0. max_kl sets the step (see
+    NaturalGradientStep), not the loss, so the weights are ratio * A whatever its value."""
+    return kl_penalized_surrogate(m, v, beta=0)
+
+
+@dataclass(frozen=True)
+class NaturalGradientStep(Hook):
+    """TRPO's update in place of the optimiser's: the natural gradient by conjugate gradient on
+    Fisher-vector products of the exact mean KL(pi_old || pi_theta) over the vocabulary at each sampled
+    completion token, scaled to the trust region max_kl, then a backtracking line search
+    (trust_region.natural_gradient_step). Constants: OpenAI baselines' TRPO."""
+
+    cg_iterations: int = 10
+    damping: float = 0.01
+    backtracks: int = 10
+
+    def update(self, trainer, loss, recompute_loss, sequences, hp):
+        max_kl = trainer.objective.hyperparameters(**hp)["max_kl"]
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            old, mask = trainer.distributions(sequences)
+
+        def mean_kl():
+            new, _ = trainer.distributions(sequences)
+            return (old.exp() * (old - new)).sum(-1)[mask].mean()
+
+        # Fisher-vector products differentiate twice; the fused attention kernels have no second derivative
+        with sdpa_kernel(SDPBackend.MATH):
+            return trust_region.natural_gradient_step(params, loss, recompute_loss, mean_kl, max_kl=max_kl,
+                                                      cg_iterations=self.cg_iterations, damping=self.damping,
+                                                      backtracks=self.backtracks)
+
+    def validate(self, config):
+        if config.update_epochs != 1:
+            raise checks.SettingError(f"update_epochs must be 1 for {config.method}: TRPO takes one natural-"
+                                      f"gradient step per batch of samples, got {config.update_epochs}")
+
+
+register(Objective(
+    "trpo", trust_region_surrogate, shape="single", family="online", data="online",
+    paper="TRPO, Schulman et al. 2015, arXiv 1502.05477",
+    defaults={"max_kl": (0.01, "TRPO paper's delta for its experiments; OpenAI baselines' max_kl")},
+    ranges={"max_kl": "(0, 10]"},
+    hooks=(NaturalGradientStep(),),
+    level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
+    advantage=advantages.KLShapedReturns(), task_defaults=ONLINE_TASK | {"update_epochs": 1},
+    sweep=("max_kl", (0.003, 0.01, 0.03)),
+    note="Weights ratio * A (the penalty form's at beta = 0; at the step's start ratio = 1, so w = A). The step "
+         "is the natural gradient in a KL trust region with a line search, not Adam's (NaturalGradientStep)."))
 
 register(Objective(
     "ppo_kl", kl_penalized_surrogate, shape="single", family="online", data="online",
@@ -71,7 +126,7 @@ register(Objective(
     hooks=(AdaptiveKL(target=0.01),),  # PPO paper: d_targ = 0.01
     level="token", token_vars=("logp", "old_logp", "advantage"), max_log_ratio=30.0,
     advantage=advantages.KLShapedReturns(), task_defaults=ONLINE_TASK, sweep=("kl_coef", (0.02, 0.05, 0.2)),
-    note="Same loss as trpo; beta is adapted after each update by adapt_kl_coefficient()."))
+    note="Same loss as ppo_kl_fixed; beta is adapted after each update by adapt_kl_coefficient()."))
 
 
 @objective("ppo_clip", shape="single", family="online", data="online",
