@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +35,9 @@ class TrainConfig:
     model: str = DEFAULT_MODEL  # starting policy, local or hub; default ./data/reference, else the repository's
     reference: str | None = None  # the frozen reference policy; default: the starting model
     data_dir: str = DEFAULT_DATA_DIR  # data files (<kind>_train/_test.jsonl); default ./data, else the repository's
-    data_file: str | None = None  # training file; default: <data_dir>/<kind>_train.jsonl for the method's data kind
+    data_file: str | None = None  # any datasets source (file, directory, hub id); default <data_dir>/<kind>_train.jsonl
+    data_split: str | None = None  # the split of data_file to train on, for a source with splits (default 'train')
+    data_columns: dict = field(default_factory=dict)  # field -> column of data_file, e.g. {"chosen": "response_good"}
     out: str | None = None  # run directory; default runs/<method>
     max_steps: Annotated[int, "[0, inf)", EXTENDABLE] = 150  # optimiser steps (online: rollouts of update_epochs steps)
     batch_size: Annotated[int, "[1, inf)"] = 32  # global rows (offline) or prompts (online) per step
@@ -52,6 +54,12 @@ class TrainConfig:
     kl_coef: Annotated[float, "[0, 1e3]"] = 0.05  # online: KL-to-reference penalty folded into the reward (RLHF, RLOO)
     update_epochs: Annotated[int, "[1, inf)"] = 1  # online: optimisation passes over each batch of samples (PPO)
     reward_model: str | None = None  # online: a trained reward model directory; default: the task's gold reward
+    lora_r: Annotated[int, "[0, 4096]"] = 0  # LoRA rank: train adapters only, reference = the base (0: every weight)
+    lora_alpha: Annotated[float, "(0, 1e6]"] = 16.0  # LoRA: the adapters are scaled by lora_alpha / lora_r
+    lora_dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout on the LoRA adapters' input
+    lora_target_modules: str = "all-linear"  # LoRA: "all-linear", or module names separated by commas ("q_proj,v_proj")
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    bf16: bool | None = None  # bf16 autocast: null = where CUDA supports it; true: also on CPU; false: float32
     reference_cache: Annotated[str | None, EXTENDABLE] = None  # cached reference log-probs; default in refcache.py
     eval_every: Annotated[int, "[0, inf)", EXTENDABLE] = 50  # evaluate every this many steps and at the end (0: never)
     eval_prompts: Annotated[int, "[1, inf)", EXTENDABLE] = 64  # held-out prompts per evaluation
@@ -172,9 +180,12 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
         return differences
     by_content = {"model", "reference", "data_dir", "data_file", "reward_model", "objective", "out",
                   "hyperparameters"}
+    # a run saved before a field existed ran with its default
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(TrainConfig)}
     for name in field_specs():
         if name not in extendable_fields() and name not in by_content and name != "method":
-            compare(name, saved.get(name), current[name])
+            compare(name, saved.get(name, defaults[name]), current[name])
     before, after = saved.get("objective_hyperparameters", {}), current["objective_hyperparameters"]
     for key in sorted(set(before) | set(after)):
         compare(f"hyperparameter {key}", before.get(key), after.get(key))

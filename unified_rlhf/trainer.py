@@ -42,9 +42,9 @@ from . import evaluate, objectives, refcache, task
 from .advantages import Rollout
 from .checks import SettingError
 from .config import TrainConfig, extendable_fields, resume_differences
-from .data import DATA_FILES, batch_indices, encode_rows, load_rows, read_jsonl
+from .data import DATA_FILES, batch_indices, encode_rows, load_rows, read_jsonl, source_digest, source_exists
 from .logprobs import completion_distributions, pad_batch, sequence_rewards, token_logprobs
-from .models import Encoder, check_model_path, load_model, load_tokenizer
+from .models import AdaptersDisabled, Encoder, add_lora, check_model_path, load_lora, load_model, load_tokenizer
 from .symbolic import TORCH
 
 RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "data_report.json")
@@ -56,15 +56,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, callbacks=()):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.config = cfg = config.validate()  # again: a config can be edited after it was made
         self.objective = obj = objectives.get(cfg.method)
         self.callbacks = list(callbacks)
         self.out = Path(cfg.out)
-        self.accelerator = Accelerator(mixed_precision="bf16" if _cuda_bf16() else "no",
-                                       cpu=not torch.cuda.is_available())
+        self.accelerator = _accelerator(cfg.bf16)
         set_seed(cfg.seed)
         self.kind = obj.data
         if cfg.batch_size < self.accelerator.num_processes:
@@ -76,8 +74,14 @@ class Trainer:
         self.encoder = Encoder(self.tokenizer, cfg.max_length)
         self.pad = self.encoder.pad
         is_rm = obj.shape == "reward_model"
-        self.model = _named("model", load_model, self.out / "checkpoint" if self.resuming else cfg.model,
+        lora = cfg.lora_r > 0  # then the checkpoint holds only the adapters, which go on the base model
+        self.model = _named("model", load_model, self.out / "checkpoint" if self.resuming and not lora else cfg.model,
                             reward_head=is_rm)
+        if lora:
+            self.model = load_lora(self.model, self.out / "checkpoint") if self.resuming else add_lora(
+                self.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, reward_head=is_rm)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.config.pad_token_id = self.pad
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         if self.context is not None and cfg.max_length > self.context:
@@ -110,6 +114,8 @@ class Trainer:
     def _frozen(self, path, reward_head=False):
         """The reference (or with reward_head, the reward model), frozen; a failure names the field."""
         field = "reward_model" if reward_head else "reference"
+        if self.config.lora_r and not reward_head and path == self.config.model:  # the base model, no second copy
+            return AdaptersDisabled(self.accelerator.unwrap_model(self.model))
         model = _named(field, load_model, path, reward_head=reward_head, trained_head=reward_head)
         return model.to(self.accelerator.device).eval().requires_grad_(False)
 
@@ -119,7 +125,7 @@ class Trainer:
         loss (a hub id stands for itself). Also names a missing training file before anything is loaded."""
         cfg, obj = self.config, self.objective
         path = self._data_path()
-        if not path.is_file():
+        if not (path.is_file() if not cfg.data_file else source_exists(path)):
             where = "data_file" if cfg.data_file else f"data_dir '{cfg.data_dir}' holds no {path.name} (data_file)"
             raise FileNotFoundError(f"training data {path} does not exist ({where})")
         digests = {}
@@ -128,7 +134,7 @@ class Trainer:
             return digests.setdefault(model, refcache.model_digest(model))
 
         options = {k: v for k, v in obj.hyperparameters(**cfg.hyperparameters).items() if k in obj.options}
-        return {"data": refcache.file_digest(path), "model": digest(cfg.model),
+        return {"data": source_digest(path, cfg.data_split, cfg.data_columns), "model": digest(cfg.model),
                 "reference": digest(cfg.reference or cfg.model),
                 "reward_model": digest(cfg.reward_model) if cfg.reward_model else None,
                 "loss": str(obj.sympy_loss(**options))}
@@ -221,7 +227,8 @@ class Trainer:
 
     def _load_examples(self):
         path = self._data_path()
-        rows = load_rows(path, "prompts" if self.kind == "online" else self.kind)
+        cfg = self.config
+        rows = load_rows(path, "prompts" if self.kind == "online" else self.kind, cfg.data_columns, cfg.data_split)
         weights = self.objective.trainer_defaults.get("source_weights")
         examples, report = encode_rows(list(rows), self.kind, self.encoder, weights)
         report["file"] = str(path)
@@ -512,9 +519,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------ checkpoints
     def save_model(self, path: Path):
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).save_pretrained(path, safe_serialization=True)
+        """The model (with LoRA, its adapters) and the tokenizer. Under FSDP or DeepSpeed the weights are
+        sharded, and every process takes part in gathering them."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        sharded = {"state_dict": acc.get_state_dict(self.model)} if acc.distributed_type in ("FSDP", "DEEPSPEED") \
+            else {}
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(path, safe_serialization=True, **sharded)
             self.tokenizer.save_pretrained(path)
 
     def save_checkpoint(self):
@@ -592,6 +604,19 @@ def _remove_run_files(out: Path):
 
 def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _accelerator(bf16: bool | None):
+    """The Accelerator, with bf16 autocast if asked (None: where CUDA supports it). accelerate keeps one
+    precision per process; a single process may train in one and then in another."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    precision = "bf16" if (_cuda_bf16() if bf16 is None else bf16) else "no"
+    if AcceleratorState._shared_state and PartialState().num_processes == 1 and \
+            AcceleratorState().mixed_precision != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def _append(path: Path, row: dict):
