@@ -61,8 +61,8 @@ def test_ipo_as_trl_with_average_log_probs(paired):
         rejected = (b["logp_rejected"] - b["ref_logp_rejected"]) / b["len_rejected"]
         return (chosen - rejected - 1 / (2 * tau)) ** 2
 
-    check("ipo", paired, trl_ipo)
-    check("ipo", paired, lambda b: (dpo_logits(b) - 1 / (2 * tau)) ** 2, length_normalize=False)
+    check("ipo", paired, trl_ipo, length_normalize=True)
+    check("ipo", paired, lambda b: (dpo_logits(b) - 1 / (2 * tau)) ** 2)  # the default: the paper's summed form
 
 
 def test_gpo_hinge_as_trl_hinge(paired):

@@ -50,10 +50,14 @@ def cdpo(m, v, beta, eps):
 
 @objective("ipo", shape="paired", family="paired", data="paired",
            paper="IPO, Azar et al. 2023, arXiv 2310.12036",
-           defaults={"tau": (0.1, "IPO paper")}, options={"length_normalize": True}, sweep=("tau", (0.1, 0.5, 2.0)),
+           defaults={"tau": (0.1, "IPO with summed log-ratios, as the DPO authors' repository runs it: a target "
+                                  "margin 1/(2 tau) = 5 nats per sequence")},
+           options={"length_normalize": False}, sweep=("tau", (0.1, 0.5, 2.0)),
            ranges={"tau": "[1e-6, 1e6]"},  # the target is 1/(2 tau)
-           note="length_normalize=True divides each log-ratio by |y| as TRL and HALOs do; the DPO "
-                "authors' repository sums (length_normalize=False).")
+           note="The default is the paper's margin, of summed log-ratios (its Eq. 17). length_normalize=True "
+                "divides each log-ratio by |y| as TRL's DPOTrainer (loss_type='ipo') and HALOs do; TRL 1.16's "
+                "source says its authors settled that form with IPO's authors. It makes 1/(2 tau) a per-token "
+                "target, so the same tau asks for |y| times the margin: pick tau for the form you use.")
 def ipo(m, v, tau, length_normalize):
     n_plus, n_minus = (v.len_chosen, v.len_rejected) if length_normalize else (1, 1)
     delta = (v.logp_chosen - v.ref_logp_chosen) / n_plus - (v.logp_rejected - v.ref_logp_rejected) / n_minus
