@@ -12,6 +12,9 @@ from unified_rlhf.symbolic import TORCH
 REQUIRED = ("sft crlft vpg trpo ppo_clip ppo_kl apa rloo grpo rm unlikelihood dpo cdpo ipo slic rrhf orpo "
             "simpo kto una una_pairwise una_score gpo_logistic gpo_hinge gpo_squared gpo_exponential "
             "gpo_truncated_quadratic gpo_savage").split()
+DIRECT_ALIGNMENT_ZOO = ("sigmoid_norm bco_pair apo_zero apo_down exo_pair nca_pair sppo_hard rdpo discopop aot "
+                        "aot_unpaired apo_zero_unpaired bco").split()
+REQUIRED += DIRECT_ALIGNMENT_ZOO
 
 
 def test_every_method_of_the_reference_is_registered():

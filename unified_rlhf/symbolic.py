@@ -37,6 +37,14 @@ VARIABLES = {
     "ref_logp_rejected": (r"\ell^{\mathrm{ref}}_{-}", "logprob", "l_ref(y-): reference policy"),
     "ref_logp": (r"\ell^{\mathrm{ref}}", "logprob", "l_ref(y): reference policy"),
     "old_logp": (r"\ell^{\mathrm{old}}", "logprob", "l_old(y): the policy that sampled y"),
+    # what the rest of the batch contributes (detached): AOT's sorted batch, BCO's running mean (zoo.py)
+    "ref_margin_at_rank": (r"v^{*}", "real", "AOT: the batch's reference margin l_ref(y+) - l_ref(y-) whose rank "
+                           "is the rank of this row's l(y+) - l(y-)"),
+    "rejected_ratio_at_rank": (r"\rho^{*}_{-}", "real", "unpaired AOT: the batch's rejected log-ratio whose rank is "
+                               "the rank of this row's chosen log-ratio"),
+    "chosen_ratio_at_rank": (r"\rho^{*}_{+}", "real", "unpaired AOT: the batch's chosen log-ratio whose rank is the "
+                             "rank of this row's rejected log-ratio"),
+    "reward_shift": (r"\delta", "real", "BCO: running mean of the implicit reward beta (l - l_ref) so far"),
     "len_chosen": (r"\lvert y_{+}\rvert", "length", "number of completion tokens of y+"),
     "len_rejected": (r"\lvert y_{-}\rvert", "length", "number of completion tokens of y-"),
     "length": (r"\lvert y\rvert", "length", "number of completion tokens of y"),

@@ -15,6 +15,8 @@ where the exact weights differ.
     reward.py      rm                                           (chapter 8)
     paired.py      dpo, cdpo, ipo, gpo_*, slic, rrhf, unlikelihood, orpo, simpo (chapters 9-13)
     unpaired.py    kto, una, una_score, una_pairwise            (chapters 14-15)
+    zoo.py         the rest of TRL's DPO losses: exo_pair, nca_pair, rdpo, bco_pair, sppo_hard, aot, apo_*,
+                   discopop, sigmoid_norm, bco                  (chapter 16)
 
 The modules are imported in the book's order, which is the registry's (and `unified-rlhf list`'s) order.
 """
@@ -30,3 +32,4 @@ from .grpo import *  # noqa: F403
 from .reward import *  # noqa: F403
 from .paired import *  # noqa: F403
 from .unpaired import *  # noqa: F403
+from .zoo import *  # noqa: F403
