@@ -55,6 +55,10 @@ VARIABLES = {
     "z0": (r"z_{0}", "nonneg", "KTO reference point (detached)"),
     "score": (r"s_{\phi}", "unit", "score in [0, 1] of y"),
     "source_weight": (r"r_{c}", "positive", "C-RLFT weight of the completion's source class"),
+    "max_completion_length": (r"L_{\max}", "length", "longest completion the sampler may draw: Dr. GRPO's "
+                              "constant normaliser (detached)"),
+    "mean_length": (r"\bar{L}", "length", "tokens a token-level mean averages over, per sequence of the batch: "
+                    "DAPO's normaliser (detached)"),
 }
 
 # The policy variables of each objective shape, in the order (w+, w-) or (w,).
@@ -69,6 +73,9 @@ HYPER_LATEX = {
     "beta": r"\beta", "eps": r"\epsilon", "tau": r"\tau", "alpha": r"\alpha", "gamma": r"\gamma",
     "delta": r"\delta", "lam": r"\lambda", "lambda_d": r"\lambda_{D}", "lambda_u": r"\lambda_{U}",
     "margin": r"m", "center": r"c",
+    "eps_low": r"\epsilon_{\mathrm{low}}", "eps_high": r"\epsilon_{\mathrm{high}}", "tau_pos": r"\tau_{+}",
+    "tau_neg": r"\tau_{-}", "k_pos": r"k_{+}", "k_neg": r"k_{-}", "lambda_pos": r"\lambda_{+}",
+    "lambda_neg": r"\lambda_{-}",
 }
 
 _ASSUMPTIONS = {
@@ -127,6 +134,23 @@ class LogSigmoid(sp.Function):
     def _latex(self, printer, exp=None):
         s = rf"\log\sigma\left({printer._print(self.args[0])}\right)"
         return s if exp is None else rf"\left({s}\right)^{{{exp}}}"
+
+
+class StopGradient(sp.Function):
+    """sg(x): x in value, no derivative (torch's detach). derive_weights drops it once it has
+    differentiated, so a weight reads x (CISPO's detached, clipped ratio)."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_number:
+            return x
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+    def _latex(self, printer, exp=None):
+        s = rf"\operatorname{{sg}}\left({printer._print(self.args[0])}\right)"
+        return s if exp is None else rf"{s}^{{{exp}}}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +268,7 @@ TORCH = SimpleNamespace(
     relu=torch.relu,
     step=lambda x: (x > 0).to(x.dtype),  # Heaviside; the value at 0 is measure-zero for gradients
     sum_tokens=_sum_tokens,
+    stop_gradient=lambda x: x.detach() if torch.is_tensor(x) else x,
 )
 
 SYMPY = SimpleNamespace(
@@ -257,6 +282,7 @@ SYMPY = SimpleNamespace(
     relu=lambda x: sp.Max(x, 0),
     step=sp.Heaviside,  # Heaviside(0) = 1/2, which is what autograd gives at a tie of min/max
     sum_tokens=lambda x, mask: x,  # symbolically we look at one token
+    stop_gradient=StopGradient,
 )
 
 
@@ -272,7 +298,8 @@ def derive_weights(loss: sp.Expr, shape: str) -> tuple:
     """w+ = -dL/d(first policy variable); w- = +dL/d(second). One signed weight for 'single'."""
     names = POLICY_VARIABLES[shape]
     signs = (-1, 1)
-    return tuple(signs[i] * sp.diff(loss, SYMBOLS[n]) for i, n in enumerate(names))
+    return tuple((signs[i] * sp.diff(loss, SYMBOLS[n])).replace(StopGradient, lambda x: x)
+                 for i, n in enumerate(names))
 
 
 def _is_zero(expr: sp.Expr) -> bool:

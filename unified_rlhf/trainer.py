@@ -353,7 +353,7 @@ class Trainer:
         ref, _, _ = self.logprobs(pairs, self.reference, per_token=True)
         rewards = self.score([texts[i // k] for i in range(len(completions))], completions)
         return Rollout(pairs=pairs, completions=completions, reward=rewards, old=old, ref=ref, mask=mask,
-                       group_size=k)
+                       group_size=k, max_new_tokens=cfg.max_new_tokens)
 
     def score(self, prompts: list[str], completions: list[list[int]]) -> torch.Tensor:
         """Rewards of completions: the task's gold reward, or the configured reward model."""
