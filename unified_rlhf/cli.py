@@ -122,7 +122,15 @@ def cmd_train(args) -> int:
 
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "out": args.out, "model": args.model,
                                    "data_dir": args.data_dir, "seed": args.seed, "lr": args.lr,
-                                   "batch_size": args.batch_size}.items() if v is not None}
+                                   "batch_size": args.batch_size, "data_file": args.data_file,
+                                   "data_split": args.data_split}.items() if v is not None}
+    if args.data_column:  # FIELD=COLUMN; a column name stays a string, whatever it looks like
+        overrides["data_columns"] = {}
+        for item in args.data_column:
+            field, sep, column = item.partition("=")
+            if not sep:
+                raise ValueError(f"--data-column expects FIELD=COLUMN, got '{item}'")
+            overrides["data_columns"][field] = column
     hyperparameters = _assignments(args.hp, "--hp")
     overrides |= _assignments(args.set, "--set")
     method = args.method
@@ -238,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default runs/METHOD)")
     train.add_argument("--model", help="starting model: local directory or hub id (default data/reference)")
     train.add_argument("--data-dir")
+    train.add_argument("--data-file", help="training data: a JSONL, JSON or Parquet file, a datasets directory "
+                                           "(save_to_disk) or a hub id (default DATA_DIR/<kind>_train.jsonl)")
+    train.add_argument("--data-split", help="the split of --data-file to train on (default train)")
+    train.add_argument("--data-column", action="append", default=[], metavar="FIELD=COLUMN",
+                       help="read a field from another column, e.g. --data-column chosen=response_good (repeatable)")
     train.add_argument("--seed", type=_count(0))
     train.add_argument("--lr", type=float)
     train.add_argument("--batch-size", type=_count(1))
