@@ -81,7 +81,7 @@ class Trainer:
             self.model = load_lora(self.model, self.out / "checkpoint") if self.resuming else add_lora(
                 self.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, reward_head=is_rm)
         if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model.config.pad_token_id = self.pad
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         if self.context is not None and cfg.max_length > self.context:
