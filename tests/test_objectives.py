@@ -15,7 +15,8 @@ REQUIRED = ("sft crlft vpg trpo ppo_clip ppo_kl apa rloo grpo rm unlikelihood dp
 GRPO_DESCENDANTS = "dr_grpo dapo bnpo gspo cispo sapo luspo vespo".split()
 REQUIRED += GRPO_DESCENDANTS
 DIRECT_ALIGNMENT_ZOO = ("sigmoid_norm bco_pair apo_zero apo_down exo_pair nca_pair sppo_hard rdpo discopop aot "
-                        "aot_unpaired apo_zero_unpaired bco").split()
+                        "aot_unpaired apo_zero_unpaired bco fdpo_forward_kl fdpo_js_divergence fdpo_alpha_divergence "
+                        "ld_dpo wpo rpo cpo mpo").split()
 REQUIRED += DIRECT_ALIGNMENT_ZOO
 
 
@@ -56,7 +57,7 @@ def test_token_level_objectives_declare_their_token_inputs():
     for obj in REGISTRY.values():
         assert (obj.level == "token") == bool(obj.token_vars), obj.name
     assert {o.name for o in REGISTRY.values() if o.level == "token"} == {
-        "trpo", "ppo_kl", "ppo_clip", "apa", "grpo", "unlikelihood", *GRPO_DESCENDANTS}
+        "trpo", "ppo_kl", "ppo_clip", "apa", "grpo", "unlikelihood", *GRPO_DESCENDANTS, "ld_dpo"}
 
 
 def test_dpo_weight_is_beta_sigmoid_of_minus_beta_margin():

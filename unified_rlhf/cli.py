@@ -2,6 +2,7 @@
 
   unified-rlhf list | show NAME | verify [--all | NAMES] [--objective FILE.py:NAME]
   unified-rlhf train --method NAME [--config FILE] [--max-steps N] [--out DIR] [--resume | --overwrite]
+  unified-rlhf train --method "dpo+0.2*sft" ...       (a weighted sum of objectives; show and verify take it too)
   unified-rlhf train --objective FILE.py:NAME ...      (your own objective, e.g. from objective_from_sympy)
   unified-rlhf train --resume --out DIR                (continue a run with its saved settings)
   unified-rlhf evaluate DIR
@@ -238,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=cmd_verify)
 
     train = sub.add_parser("train", help="train a method on the book's task (or your data and model)")
-    train.add_argument("--method", help="objective name (see `list`)")
+    train.add_argument("--method", help="objective name (see `list`), or a weighted sum of them such as "
+                                        "'dpo+0.2*sft' (compose.py)")
     train.add_argument("--objective", metavar="FILE.py:NAME",
                        help="your own objective: variable NAME of FILE.py (e.g. made by objective_from_sympy)")
     train.add_argument("--config", help="JSON or YAML file of TrainConfig fields")

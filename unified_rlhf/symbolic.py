@@ -45,6 +45,9 @@ VARIABLES = {
     "chosen_ratio_at_rank": (r"\rho^{*}_{+}", "real", "unpaired AOT: the batch's chosen log-ratio whose rank is the "
                              "rank of this row's rejected log-ratio"),
     "reward_shift": (r"\delta", "real", "BCO: running mean of the implicit reward beta (l - l_ref) so far"),
+    "wpo_weight": (r"\omega", "positive", "WPO: the pair's weight omega(y+) omega(y-) under the policy (detached)"),
+    "mean_len_chosen": (r"\bar{n}_{+}", "length", "the batch's mean |y+|: l(y+) divided by it averages to the "
+                        "batch's token mean"),
     "len_chosen": (r"\lvert y_{+}\rvert", "length", "number of completion tokens of y+"),
     "len_rejected": (r"\lvert y_{-}\rvert", "length", "number of completion tokens of y-"),
     "length": (r"\lvert y\rvert", "length", "number of completion tokens of y"),
@@ -73,6 +76,7 @@ HYPER_LATEX = {
     "beta": r"\beta", "eps": r"\epsilon", "tau": r"\tau", "alpha": r"\alpha", "gamma": r"\gamma",
     "delta": r"\delta", "lam": r"\lambda", "lambda_d": r"\lambda_{D}", "lambda_u": r"\lambda_{U}",
     "margin": r"m", "center": r"c",
+    "f_alpha": r"\alpha_{f}", "ld_alpha": r"\alpha_{\mathrm{LD}}",
     "eps_low": r"\epsilon_{\mathrm{low}}", "eps_high": r"\epsilon_{\mathrm{high}}", "tau_pos": r"\tau_{+}",
     "tau_neg": r"\tau_{-}", "k_pos": r"k_{+}", "k_neg": r"k_{-}", "lambda_pos": r"\lambda_{+}",
     "lambda_neg": r"\lambda_{-}",
@@ -339,7 +343,8 @@ def grid_points(symbols, n: int, seed: int = 0) -> list[dict]:
 
 
 def _vanishes_on_grid(difference: sp.Expr, scale: sp.Expr, n_grid: int, digits: int) -> bool:
-    free = sorted(difference.free_symbols, key=lambda s: s.name)
+    # the scale's symbols too: a symbol can cancel from the difference and still be in the scale
+    free = sorted(difference.free_symbols | scale.free_symbols, key=lambda s: s.name)
     for point in grid_points(free, n_grid):
         value = difference.subs(point)
         if value.is_Rational:

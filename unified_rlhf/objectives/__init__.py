@@ -17,6 +17,8 @@ where the exact weights differ.
     unpaired.py    kto, una, una_score, una_pairwise            (chapters 14-15)
     zoo.py         the rest of TRL's DPO losses: exo_pair, nca_pair, rdpo, bco_pair, sppo_hard, aot, apo_*,
                    discopop, sigmoid_norm, bco                  (chapter 16)
+    compose.py     weighted sums (compose, 'dpo+0.2*sft') and modifiers (with_divergence, length_desensitized,
+                   wpo_weighted, reference_free): fdpo_*, ld_dpo, wpo, rpo, cpo, mpo (chapter 16)
 
 The modules are imported in the book's order, which is the registry's (and `unified-rlhf list`'s) order.
 """
@@ -33,3 +35,4 @@ from .reward import *  # noqa: F403
 from .paired import *  # noqa: F403
 from .unpaired import *  # noqa: F403
 from .zoo import *  # noqa: F403
+from .compose import *  # noqa: F403

@@ -308,6 +308,10 @@ class UnknownObjectiveError(KeyError):
 def get(name: str) -> Objective:
     if isinstance(name, Objective):
         return name
+    if isinstance(name, str) and name not in REGISTRY and ("+" in name or "*" in name):
+        from .compose import parse  # a weighted sum written out, e.g. "dpo+0.2*sft" (compose.py)
+
+        return parse(name)
     if name not in REGISTRY:
         raise UnknownObjectiveError(f"unknown objective '{name}'. Known objectives: {', '.join(REGISTRY)}")
     return REGISTRY[name]
