@@ -174,8 +174,8 @@ def _allowed(kind, spec, optional, value) -> bool:
         return optional
     if kind is bool:
         return isinstance(value, bool)
-    if kind is str:
-        return isinstance(value, str) and bool(value.strip())
+    if kind is str:  # a string field with a tuple of choices takes only those
+        return isinstance(value, str) and bool(value.strip()) and (spec is None or value in spec)
     if kind is dict:
         return isinstance(value, dict)
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from training_runs import small
+
 from unified_rlhf import objectives, trust_region
 from unified_rlhf.checks import SettingError
 from unified_rlhf.trainer import Trainer

@@ -54,6 +54,13 @@ class TrainConfig:
     kl_coef: Annotated[float, "[0, 1e3]"] = 0.05  # online: KL-to-reference penalty folded into the reward (RLHF, RLOO)
     update_epochs: Annotated[int, "[1, inf)"] = 1  # online: optimisation passes over each batch of samples (PPO)
     reward_model: str | None = None  # online: a trained reward model directory; default: the task's gold reward
+    sampling: Annotated[str, ("offline", "online", "semi_online")] = "offline"  # paired/unpaired objectives: the
+    # data file's completions, or samples_per_prompt samples per prompt from the policy at every step (online)
+    # or from a copy of it refreshed every refresh_every steps (semi_online), labelled by the reward
+    refresh_every: Annotated[int, "[1, inf)"] = 10  # semi_online: steps between refreshes of the sampling policy
+    pair_rule: Annotated[str, ("best_worst", "all_pairs", "bradley_terry")] = "best_worst"  # online pairs per group
+    label_rule: Annotated[str, ("group_mean", "threshold")] = "group_mean"  # online unpaired labels per sample
+    label_threshold: Annotated[float, "[-1e6, 1e6]"] = 0.5  # label_rule threshold: desirable above this reward
     lora_r: Annotated[int, "[0, 4096]"] = 0  # LoRA rank: train adapters only, reference = the base (0: every weight)
     lora_alpha: Annotated[float, "(0, 1e6]"] = 16.0  # LoRA: the adapters are scaled by lora_alpha / lora_r
     lora_dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout on the LoRA adapters' input
@@ -87,6 +94,13 @@ class TrainConfig:
         obj = objectives.get(self.method)  # fails early, listing the known methods
         self.out = self.out or f"runs/{self.method}"
         self.model, self.data_dir = resolve_default(self.model), resolve_default(self.data_dir)
+        if self.sampling != "offline" and obj.data not in ("paired", "unpaired"):
+            raise checks.SettingError(f"sampling '{self.sampling}' turns the policy's own samples into pairs or "
+                                      f"labels, for paired and unpaired objectives; {self.method} reads {obj.data} "
+                                      f"data (use sampling 'offline')")
+        if self.sampling != "offline" and self.samples_per_prompt < 2:
+            raise checks.SettingError(f"samples_per_prompt must be at least 2 with sampling '{self.sampling}' "
+                                      f"(preferences compare samples of one prompt), got {self.samples_per_prompt}")
         obj.validate(self)
         return self
 

@@ -28,6 +28,7 @@ code runs data-parallel under `accelerate launch`: each process takes its slice 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import signal
@@ -38,7 +39,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import evaluate, objectives, refcache, task
+from . import evaluate, objectives, online_feedback, refcache, task
 from .advantages import Rollout
 from .checks import SettingError
 from .config import TrainConfig, extendable_fields, resume_differences
@@ -64,7 +65,8 @@ class Trainer:
         self.out = Path(cfg.out)
         self.accelerator = _accelerator(cfg.bf16)
         set_seed(cfg.seed)
-        self.kind = obj.data
+        # a paired or unpaired objective with sampling != "offline" trains on the policy's own samples
+        self.kind = "online" if cfg.sampling != "offline" else obj.data
         if cfg.batch_size < self.accelerator.num_processes:
             raise SettingError(f"batch_size must be at least the {self.accelerator.num_processes} processes "
                                f"(each takes its slice of the global batch), got {cfg.batch_size}")
@@ -103,6 +105,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         # the scheduler stays unprepared: accelerate would step it once per process
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # semi-online: the policy that samples is a copy, refreshed every refresh_every steps
+        self.sampler = None
+        if cfg.sampling == "semi_online":
+            self.sampler = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
         self.step = 0
         self.state = {}  # what estimators and hooks keep between steps (a running baseline, PPO's beta)
         self.checkpoint_step = None  # the step of the checkpoint on disk, once there is one
@@ -340,7 +346,8 @@ class Trainer:
     def rollout(self, indices: list[int]) -> Rollout:
         """Sample k completions per prompt from the current policy, score them, and take their log-probs
         under the sampling policy and the reference."""
-        cfg, policy = self.config, self.accelerator.unwrap_model(self.model)
+        cfg = self.config
+        policy = self.sampler if self.sampler is not None else self.accelerator.unwrap_model(self.model)
         prompts = [self.examples[i]["prompt"] for i in indices]
         texts = [self.examples[i]["text"] for i in indices]
         k = cfg.samples_per_prompt
@@ -366,6 +373,37 @@ class Trainer:
         ids, attention, _ = (t.to(self.accelerator.device) for t in pad_batch(
             [p for p, _ in pairs], [c for _, c in pairs], encoder.pad, "right"))
         return sequence_rewards(self.reward_model, ids, attention).float()
+
+    def preference_inputs(self, rollout: Rollout) -> tuple[dict, dict]:
+        """A paired or unpaired objective on the policy's own samples: each prompt's group, ranked by reward,
+        gives pairs (config.pair_rule) or labels (config.label_rule; see online_feedback.py). The policy's
+        log-probs carry the gradient; the reference's come from the rollout."""
+        cfg, obj = self.config, self.objective
+        tokens, lengths, mask = self.logprobs(rollout.pairs, per_token=True)  # every sample, one forward
+        reference = rollout.ref.to(tokens.dtype)
+        k = rollout.group_size
+        if obj.data == "paired":
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+            chosen, rejected = online_feedback.preference_pairs(rollout.reward, k, cfg.pair_rule, generator)
+            per_token = obj.level == "token" and "logp_rejected" in obj.token_vars
+            batch = {"logp_chosen": tokens[chosen].sum(-1),
+                     "logp_rejected": tokens[rejected] if per_token else tokens[rejected].sum(-1),
+                     "mask_rejected": mask[rejected], "len_chosen": lengths[chosen], "len_rejected": lengths[rejected]}
+            if obj.reads_reference:
+                batch |= {"ref_logp_chosen": reference[chosen].sum(-1),
+                          "ref_logp_rejected": reference[rejected].sum(-1)}
+            rows = chosen
+        else:
+            rows, labels = online_feedback.preference_labels(rollout.reward, k, cfg.label_rule, cfg.label_threshold)
+            batch = {"logp": tokens[rows].sum(-1), "length": lengths[rows],
+                     "label": labels.to(tokens.device, tokens.dtype)}
+            if obj.reads_reference:
+                batch["ref_logp"] = reference[rows].sum(-1)
+        info = {"feedback_rows": len(rows)}
+        if len(rows):
+            for hook in obj.hooks:
+                info |= hook.online_inputs(self, rollout, rows.tolist(), batch)
+        return batch, info
 
     def advantages(self, rollout: Rollout) -> dict:
         """The record's advantage estimator on this rollout: loss inputs such as "advantage" (and, for
@@ -409,7 +447,23 @@ class Trainer:
         hp = dict(cfg.hyperparameters)
         for hook in obj.hooks:
             hp = hook.hyperparameters(self.state, hp)
-        if self.kind == "online":
+        if self.sampler is not None and self.step % cfg.refresh_every == 0:
+            self.sampler.load_state_dict(self.accelerator.unwrap_model(self.model).state_dict())
+        weights = None
+        if self.kind == "online" and obj.data != "online":  # preference feedback on the policy's own samples
+            rollout = self.rollout(local)
+            batch, info = self.preference_inputs(rollout)
+            loss = torch.zeros(())
+            if info["feedback_rows"]:  # every group tied: no preference in this batch, no update
+                loss_per_example, weights = self.loss_and_weights(batch, hp)
+                loss = loss_per_example.mean()
+                metrics |= self.update(loss, lambda: self.loss_and_weights(self.preference_inputs(rollout)[0],
+                                                                           hp)[0].mean(), rollout.pairs, hp)
+                metrics |= _offline_metrics(batch)
+            metrics |= info | {"reward_mean": rollout.reward.mean().item(),
+                               "sample_kl": rollout.kl_per_token().sum(-1).mean().item(),
+                               "sample_length": rollout.mask.float().sum(-1).mean().item()}
+        elif self.kind == "online":
             rollout = self.rollout(local)
             estimated = self.advantages(rollout)
             for callback in self.callbacks:
@@ -436,7 +490,8 @@ class Trainer:
         for hook in obj.hooks:
             hook.after_step(obj, self.state, metrics, hp)
         metrics["loss"] = loss.item()
-        metrics |= _weight_metrics(weights, batch)
+        if weights is not None:
+            metrics |= _weight_metrics(weights, batch)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["seconds"] = time.time() - started
         self.step += 1
@@ -533,7 +588,8 @@ class Trainer:
         self.save_model(self.out / "checkpoint")
         if self.accelerator.is_main_process:
             torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "state": self.state},
+                        "scheduler": self.scheduler.state_dict(), "state": self.state,
+                        "sampler": self.sampler.state_dict() if self.sampler is not None else None},
                        self.out / "checkpoint" / "trainer_state.pt")
         self.checkpoint_step = self.step
 
@@ -542,6 +598,8 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.step, self.state = saved["step"], saved["state"]
+        if self.sampler is not None:  # semi-online: the copy that was sampling when the checkpoint was taken
+            self.sampler.load_state_dict(saved["sampler"])
         self.checkpoint_step = self.step
         if self.accelerator.is_main_process:
             for name in ("metrics.jsonl", "eval.jsonl"):  # forget what the interrupted run logged after the checkpoint

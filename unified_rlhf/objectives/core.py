@@ -159,6 +159,9 @@ class Hook:
                                            log-probs are cached with the data's (KTO's mismatched pairs)
         offline_inputs(trainer, indices, batch)
                                            add loss inputs to an offline batch; returns values to log
+        online_inputs(trainer, rollout, rows, batch)
+                                           the same for a batch built from the policy's own samples
+                                           (TrainConfig.sampling): `rows` index the rollout's samples
         loss(objective, batch, hp)         a loss over a batch the formula does not take (RRHF's k responses):
                                            (per-example loss, weights), or None to use the formula
         hyperparameters(state, hp)         the step's hyperparameters (PPO's adapted KL coefficient)
@@ -178,6 +181,9 @@ class Hook:
         return {}
 
     def offline_inputs(self, trainer, indices: list, batch: dict) -> dict:
+        return {}
+
+    def online_inputs(self, trainer, rollout, rows: list, batch: dict) -> dict:
         return {}
 
     def loss(self, objective, batch: dict, hp: dict):

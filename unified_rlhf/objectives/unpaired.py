@@ -29,6 +29,17 @@ class KTOReferencePoint(Hook):
         batch["z0"] = z0.expand_as(batch["logp"])
         return {"z0": z0.item()}
 
+    def online_inputs(self, trainer, rollout, rows, batch):
+        # on the policy's own samples: each sample with a prompt of the next group (k samples on)
+        n, k = len(rollout.pairs), rollout.group_size
+        mismatched = [(rollout.pairs[(i + k) % n][0], rollout.pairs[i][1]) for i in rows]
+        with torch.no_grad():
+            policy = trainer.logprobs(mismatched)[0]
+            reference = trainer.logprobs(mismatched, trainer.reference)[0]
+        z0 = kto_reference_point(trainer.accelerator.gather(policy), trainer.accelerator.gather(reference))
+        batch["z0"] = z0.expand_as(batch["logp"])
+        return {"z0": z0.item()}
+
     def validate(self, config):
         if config.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 for KTO's reference point z0 (estimated from the "
