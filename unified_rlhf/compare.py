@@ -49,8 +49,9 @@ def twins() -> dict[str, str]:
 STEPS = {"offline": 100, "online": 50}
 EVALUATIONS = 4  # evenly spaced, the last at the final step
 KL_BUDGETS = (1.0, 2.0, 5.0, 10.0, 20.0, math.inf)
+# reference_gold_reward: the reference's gold reward on the same prompts as the point (C-RLFT's carry its tag)
 COLUMNS = ("method", "knob", "value", "step", "examples", "updates", "gold_reward", "kl", "kl_stderr", "win_rate",
-           "mean_length", "train_seconds", "device", "trained_as")
+           "mean_length", "reference_gold_reward", "train_seconds", "device", "trained_as")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ def point_rows(point: Point, out: Path, listed_as: str | None = None) -> list[di
     return [{"method": listed_as or point.method, "knob": point.knob, "value": point.value, "step": e["step"],
              **budget(config, e["step"]), "gold_reward": e["gold_reward"], "kl": e["kl"], "kl_stderr": e["kl_stderr"],
              "win_rate": e["win_rate"], "mean_length": e["mean_length"],
+             "reference_gold_reward": e["reference_gold_reward"],
              "train_seconds": round(seconds.get(e["step"], 0.0), 1), "device": device,
              "trained_as": point.method if listed_as else ""}
             for e in read_jsonl(out / "eval.jsonl") if e["step"] > 0]
@@ -158,7 +160,8 @@ def reference_row(work: Path, **overrides) -> dict:
                                         max_new_tokens=config.max_new_tokens, seed=config.seed)
     row = {"method": "reference", "knob": "", "value": "", "step": 0, "examples": 0, "updates": 0,
            "gold_reward": result["gold_reward"],
-           "kl": 0.0, "kl_stderr": 0.0, "win_rate": 0.5, "mean_length": result["mean_length"], "train_seconds": 0.0,
+           "kl": 0.0, "kl_stderr": 0.0, "win_rate": 0.5, "mean_length": result["mean_length"],
+           "reference_gold_reward": result["gold_reward"], "train_seconds": 0.0,
            "device": device_name(), "trained_as": ""}
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=2))
