@@ -32,6 +32,8 @@ SLOW_SECONDS = 3.0
 SECONDS = {
     "tests/test_trainer.py::test_resumed_run_matches_uninterrupted[kto]": 28.6,
     "tests/test_trainer.py::test_two_processes_match_one": 23.0,
+    "tests/test_gpu_check.py::test_the_dry_run_writes_a_passing_report": 21.5,
+    "tests/test_lora.py::test_the_policy_trains_adapters_and_the_reference_is_its_base": 5.1,
     "tests/test_trainer.py::test_resumed_run_matches_uninterrupted[dpo]": 14.9,
     "tests/test_trainer.py::test_every_method_takes_finite_steps[kto]": 13.8,
     "tests/test_trainer.py::test_every_method_takes_finite_steps[gpo_logistic]": 12.5,

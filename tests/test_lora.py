@@ -28,6 +28,7 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 def test_the_policy_trains_adapters_and_the_reference_is_its_base(tmp_path, pairs_file):
     trainer = Trainer(small("dpo", tmp_path / "run", lora_r=4, data_file=pairs_file, max_steps=2))
     policy = trainer.accelerator.unwrap_model(trainer.model)
