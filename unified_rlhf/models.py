@@ -216,11 +216,13 @@ def _peft(*names):
 
 @contextlib.contextmanager
 def _quiet_peft():
-    """peft warns that GPT-2's Conv1D layers store their weights transposed (and handles it): not news."""
+    """peft warns that GPT-2's Conv1D layers store their weights transposed (and handles it), and reads an
+    attribute transformers 5 has renamed: not news to a reader."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
 
 
