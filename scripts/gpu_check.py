@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    device = torch.cuda.get_device_name() if setting.device.type == "cuda" else f"CPU ({platform.processor()})"
+    device = torch.cuda.get_device_name() if setting.device.type == "cuda" else f"CPU ({platform.machine()})"
     results = {"environment": {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
                                "dry_run": args.dry_run, "tolerances": TOLERANCES}}
     for part, run in (("verify", lambda: check_verify(setting)), ("identity", lambda: check_identity(setting))):
