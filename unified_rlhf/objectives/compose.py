@@ -255,13 +255,15 @@ def _paired_sequence_base(obj: Objective, modifier: str) -> None:
 
 
 DIVERGENCES = {
-    # name: (score f'(t) at t = e^rho, its slope d f'(e^rho) / d rho, what it is); alpha-divergence reads f_alpha
-    "reverse_kl": (lambda m, rho, a: rho, lambda m, rho, a: 1, "f(t) = t log t: DPO"),
-    "forward_kl": (lambda m, rho, a: 1 - m.exp(-rho), lambda m, rho, a: m.exp(-rho), "f(t) = -log t"),
+    # name: (score f'(t) at t = pi/pi_ref = e^rho, its slope d f'(e^rho) / d rho, f'); a constant in f' cancels in
+    # Delta; alpha-divergence reads f_alpha, TRL's coefficient a, which is 1 - the f-DPO paper's alpha
+    "reverse_kl": (lambda m, rho, a: rho, lambda m, rho, a: 1, "f'(t) = log t (+1), DPO"),
+    "forward_kl": (lambda m, rho, a: 1 - m.exp(-rho), lambda m, rho, a: m.exp(-rho), "f'(t) = 1 - 1/t"),
     "js_divergence": (lambda m, rho, a: m.log(2) + m.logsigmoid(rho), lambda m, rho, a: m.sigmoid(-rho),
-                      "f(t) = t log t - (t + 1) log((t + 1) / 2)"),
+                      "f'(t) = log(2t / (1 + t))"),
     "alpha_divergence": (lambda m, rho, a: (m.exp((a - 1) * rho) - 1) / (a - 1),
-                         lambda m, rho, a: m.exp((a - 1) * rho), "f(t) = (t^(1-a) - (1-a) t - a) / (a (a-1))"),
+                         lambda m, rho, a: m.exp((a - 1) * rho),
+                         "f'(t) = (t^(a-1) - 1) / (a - 1), a = f_alpha (TRL's; the f-DPO paper's alpha is 1 - a)"),
 }
 
 
@@ -447,11 +449,17 @@ def reference_free(base, **fields) -> Objective:
 # The records: modifiers on DPO, and the compositions papers and TRL name
 # =============================================================================================
 F_DPO = "f-DPO, Wang et al. 2023, arXiv 2309.16240"
+TRL_ALPHA = (" TRL's alpha_divergence raises on float64 log-probs (its exponent's clamp is looked up for float16, "
+             "bfloat16 and float32 only) and clamps (alpha - 1) rho at 80, where its gradient is 0; here it is exact.")
 for _divergence in ("forward_kl", "js_divergence", "alpha_divergence"):
-    register(with_divergence("dpo", _divergence, name=f"fdpo_{_divergence}", paper=f"{F_DPO} ({_divergence})"))
+    _record = with_divergence("dpo", _divergence)
+    register(with_divergence("dpo", _divergence, name=f"fdpo_{_divergence}", paper=f"{F_DPO} ({_divergence})",
+                             note=_record.note + (TRL_ALPHA if _divergence == "alpha_divergence" else "")))
 
 register(length_desensitized("dpo", name="ld_dpo"))
-register(wpo_weighted("dpo", name="wpo"))
+register(wpo_weighted("dpo", name="wpo", note=wpo_weighted("dpo").note + " TRL's use_weighting multiplies each "
+                      "loss in place, which its hinge and sft losses cannot take (a RuntimeError); here any "
+                      "objective can be weighted."))
 
 compose({"dpo": 1.0, "sft": 1.0}, name="rpo", chosen_length="sequence", register_as_record=True,
         paper="RPO, Pang et al. 2024, arXiv 2404.19733 (DPO + NLL on y+, alpha = 1)",

@@ -98,7 +98,9 @@ def apo_down(m, v, beta):
            note="KL(q || p) between the policy's preference q = sigma(u) and the smoothed label p = 1 - eps "
                 "(the reverse of cDPO's cross-entropy). w = beta sigma(u) sigma(-u) (ln((1-eps)/eps) - u): "
                 "zero at u = ln((1-eps)/eps) (6.9 at eps = 1e-3), negative beyond, and it also fades as u -> "
-                "-inf, where DPO's weight is largest. TRL refuses eps = 0 (log 0).")
+                "-inf, where DPO's weight is largest. TRL refuses eps = 0 (log 0), and takes log(1-eps) and "
+                "log(eps) in float32 whatever the log-probs' precision (1e-8 relative in float64); here they "
+                "are exact.")
 def exo_pair(m, v, beta, eps):
     u = beta * margin(v)
     # q log q stays finite as q = sigma(u) underflows: logsigmoid is finite, and 0 * finite = 0
