@@ -36,7 +36,7 @@ import torch
 
 from .. import symbolic
 from ..logprobs import pad_batch
-from .core import Hook, Objective, _check_ranges, get, register
+from .core import RESOLVERS, Hook, Objective, _check_ranges, get, register
 
 _MASKS = {"logp_chosen": "mask_chosen", "ref_logp_chosen": "mask_chosen", "logp_rejected": "mask_rejected",
           "ref_logp_rejected": "mask_rejected"}
@@ -211,6 +211,14 @@ def get_part(items, name):
 
 
 _TERM = re.compile(r"\s*(?:(?P<coefficient>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*")
+
+
+def _written_sum(name) -> Objective | None:
+    """objectives.get's resolver: a name with '+' or '*' is a weighted sum."""
+    return parse(name) if isinstance(name, str) and ("+" in name or "*" in name) else None
+
+
+RESOLVERS.append(_written_sum)
 
 
 @cache
