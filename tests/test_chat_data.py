@@ -8,7 +8,7 @@ import pytest
 import torch
 from training_runs import DATA, small
 
-from unified_rlhf import evaluate, task
+from unified_rlhf import evaluate
 from unified_rlhf.data import DataError, check_row, encode_rows, load_rows, prompt_text, write_jsonl
 from unified_rlhf.models import PLAIN_CHAT_TEMPLATE, Encoder, chat_template, load_tokenizer
 from unified_rlhf.trainer import Trainer
@@ -191,7 +191,8 @@ def test_the_conversational_variant_trains_and_evaluates_end_to_end(tmp_path):
 
     chat_prompts = [r["prompt"] for r in load_rows(prompts, "prompts")][:4]
     policy, reference = runs["chat"].model, runs["chat"].reference
+    # the gold reward reads text: evaluation gives it a conversation's text
     result = evaluate.evaluate_policy(policy, reference, runs["chat"].tokenizer, chat_prompts, samples_per_prompt=2,
-                                      max_new_tokens=8, reward_fn=lambda p, t: task.gold_reward(prompt_text(p), t))
+                                      max_new_tokens=8)
     assert 0.0 <= result["gold_reward"] <= 1.0 and result["kl"] == result["kl"]
-    assert result["samples"][0]["prompt"] == chat_prompts[0]
+    assert result["samples"][0]["prompt"] == prompt_text(chat_prompts[0]) == first_prompt

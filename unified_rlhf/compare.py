@@ -248,11 +248,20 @@ def budget_table(rows: list[dict], budgets=KL_BUDGETS) -> str:
     return "\n".join(lines)
 
 
+def _module(obj) -> str:
+    """The objectives/ module that defines a method: its family in the book's parts (grpo, zoo, compose, ...)."""
+    return obj.formula.__module__.rsplit(".", 1)[-1]
+
+
 GROUPS = {
-    "online RL (samples from the policy)": lambda obj: obj.data == "online",
-    "paired, with a reference": lambda obj: obj.family == "paired" and not reference_free(obj.name),
+    "online RL: REINFORCE, PPO, TRPO, APA, RLOO": lambda obj: obj.data == "online" and _module(obj) != "grpo",
+    "GRPO and its descendants": lambda obj: _module(obj) == "grpo",
+    "paired, with a reference": lambda obj: obj.family == "paired" and _module(obj) in ("paired", "unpaired")
+    and not reference_free(obj.name),
     "supervised, ranked and reference-free": lambda obj: obj.family in ("supervised", "ranked")
-    or (obj.family == "paired" and reference_free(obj.name)),
+    or (obj.family == "paired" and _module(obj) == "paired" and reference_free(obj.name)),
+    "the direct-alignment zoo: TRL's other losses": lambda obj: _module(obj) == "zoo" and obj.family == "paired",
+    "the zoo: modifiers and compositions": lambda obj: _module(obj) == "compose",
     "unpaired feedback": lambda obj: obj.family == "unpaired",
 }
 

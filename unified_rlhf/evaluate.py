@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import task
-from .data import load_rows, tag_prompt
+from .data import load_rows, prompt_text, tag_prompt
 from .logprobs import pad_batch, sequence_logprobs, sequence_rewards
 from .models import Encoder, load_model, load_tokenizer
 
@@ -188,7 +188,7 @@ def evaluate_policy(
     logp_ref = completion_logprobs(reference, repeated_ids, ys, pad_id, batch_size)
     log_ratio = logp - logp_ref
 
-    repeated_prompts = [p for p in prompts for _ in range(k)]
+    repeated_prompts = [prompt_text(p) for p in prompts for _ in range(k)]  # a conversation's text, for the reward
     texts = [encoder.decode(y) for y in ys]
     rewards = torch.tensor([reward_fn(p, t) for p, t in zip(repeated_prompts, texts)], dtype=torch.float64)
     ref_rewards = torch.tensor(

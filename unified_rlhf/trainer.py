@@ -589,7 +589,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "state": self.state,
-                        "sampler": self.sampler.state_dict() if self.sampler is not None else None},
+                        "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                        "rng": torch.get_rng_state()},  # dropout's draws continue where they stopped
                        self.out / "checkpoint" / "trainer_state.pt")
         self.checkpoint_step = self.step
 
@@ -600,6 +601,8 @@ class Trainer:
         self.step, self.state = saved["step"], saved["state"]
         if self.sampler is not None:  # semi-online: the copy that was sampling when the checkpoint was taken
             self.sampler.load_state_dict(saved["sampler"])
+        if "rng" in saved:
+            torch.set_rng_state(saved["rng"])
         self.checkpoint_step = self.step
         if self.accelerator.is_main_process:
             for name in ("metrics.jsonl", "eval.jsonl"):  # forget what the interrupted run logged after the checkpoint
