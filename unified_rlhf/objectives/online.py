@@ -85,6 +85,9 @@ class NaturalGradientStep(Hook):
     backtracks: int = 10
 
     def update(self, trainer, loss, recompute_loss, sequences, hp):
+        if trainer.accelerator.num_processes > 1:  # each process would take its own step from its own samples
+            raise checks.SettingError("trpo's natural-gradient step runs in one process; launch it without "
+                                      f"accelerate's {trainer.accelerator.num_processes} processes")
         max_kl = trainer.objective.hyperparameters(**hp)["max_kl"]
         params = [p for p in trainer.model.parameters() if p.requires_grad]
         with torch.no_grad():
