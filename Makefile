@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # the book is written on (each kernel and each worker uses one torch thread)
 JOBS   ?= 2
 
-.PHONY: book test check check-data verify frontier clean
+.PHONY: book site test check check-data verify frontier clean
 
 # pip -qq: errors only. Then matplotlib's font cache, built here rather than in the first chapter that
 # draws (where its "building the font cache" warning would land in the chapter's outputs).
@@ -18,10 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## Execute every notebook (outputs saved in place, figures inline and under notebooks/figures/),
-## $(JOBS) at a time, and render the static HTML book (book_html/index.html).
+## $(JOBS) at a time, then build the book's web site from them (book_html/index.html).
 book: $(VENV)/.installed
 	$(BIN)/python scripts/run_book.py --jobs $(JOBS)
-	$(BIN)/python scripts/build_html.py
+	$(BIN)/python scripts/build_book.py
+
+## Only the web site, from the committed notebooks (nothing executed): Sphinx and myst-nb, into book_html/.
+site: $(VENV)/.installed
+	$(BIN)/python scripts/build_book.py
 
 ## The test suite: lint, unit tests, and every notebook under nbval (every text output compared).
 test: $(VENV)/.installed
