@@ -183,8 +183,11 @@ class Chromium:
         self._events.clear()
         self.send("Page.navigate", {"url": url}, session=self.session)
         deadline = time.monotonic() + timeout
-        while not any(e.get("method") == "Page.loadEventFired" for e in self._events):
-            self._events.append(self._next_message(deadline))
+        try:
+            while not any(e.get("method") == "Page.loadEventFired" for e in self._events):
+                self._events.append(self._next_message(deadline))
+        except TimeoutError:
+            raise TimeoutError(f"{url} did not finish loading in {timeout:.0f} s") from None
         self.evaluate(MATHJAX_DONE, timeout)
         self.send("Runtime.evaluate", {"expression": "0"}, session=self.session)  # collects pending events
         return list(self._events)
