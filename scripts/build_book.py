@@ -94,7 +94,11 @@ def build(out: Path = ROOT / "book_html", work: Path = ROOT / "build" / "book", 
     assemble(source)
     args = ["-b", "html", "-d", str(work / "doctrees"), "-W", "--keep-going", "-w", str(warnings), str(source),
             str(out)]
+    # myst-nb copies the notebooks into <site>/../jupyter_execute; that folder is not ours to leave behind
+    copies, existed = out.parent / "jupyter_execute", (out.parent / "jupyter_execute").exists()
     status = build_main(["-q", *args] if quiet else args)
+    if not existed:
+        shutil.rmtree(copies, ignore_errors=True)
     if status != 0:
         found = warnings.read_text(encoding="utf-8").strip() if warnings.is_file() else ""
         raise RuntimeError(f"sphinx-build failed (exit status {status}):\n{found or 'see the errors printed above'}")
