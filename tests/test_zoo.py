@@ -151,3 +151,20 @@ def test_bco_reward_shift_includes_this_batch_and_counts_it_once():
         hook.after_step(objective, trainer.state, {}, {})
         assert info["reward_shift"] == pytest.approx(torch.cat(seen).mean().item(), rel=1e-6)
     assert trainer.state["bco_count"] == 12 and "bco_pending" not in trainer.state
+
+
+# ------------------------------------------------------------------------------- the atlas
+def test_weight_panels_draw_w_minus_only_where_it_differs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unified_rlhf import book, plots
+
+    margins = torch.linspace(-5, 5, 11, dtype=torch.float64)
+    panels = {"a": {name: (margins, *book.paired_weight_curve(name, margins)) for name in ("dpo", "nca_pair")},
+              "b": {"ipo": (margins, *book.paired_weight_curve("ipo", margins))}}
+    fig = plots.plot_weight_panels(panels, columns=2)
+    first, second = fig.axes[:2]
+    assert len(first.lines) == 1 + 2 + 1  # dpo's w+, nca's w+ and w-, the zero line
+    assert len(second.lines) == 1 + 1 and [t.get_text() for t in first.get_legend().get_texts()] == ["dpo", "nca_pair"]
+    assert len(fig.axes) == 2 and first.get_title() == "a"

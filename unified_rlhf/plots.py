@@ -176,3 +176,27 @@ def plot_weight_atlas(curves: dict, ax=None):
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def plot_weight_panels(panels: dict, columns: int = 2, xlabel: str = "implicit-reward margin"):
+    """One panel per group of paired methods (title -> {method: (margins, w_plus, w_minus)}): w+ as a solid
+    line and, where it differs from w+, w- dashed in the same colour, with the zero line drawn."""
+    import matplotlib.pyplot as plt
+
+    lines = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 3.8 * lines), squeeze=False)
+    for ax, (title, curves) in zip(axes.flat, panels.items()):
+        for i, (method, (margins, w_plus, w_minus)) in enumerate(curves.items()):
+            x = [float(m) for m in margins]
+            plus, minus = [float(w) for w in w_plus], [float(w) for w in w_minus]
+            ax.plot(x, plus, color=f"C{i % 10}", label=method)
+            if any(abs(a - b) > 1e-12 * max(1.0, abs(a)) for a, b in zip(plus, minus)):
+                ax.plot(x, minus, color=f"C{i % 10}", linestyle="--")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel=xlabel, ylabel="weight", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
