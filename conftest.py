@@ -73,6 +73,16 @@ SECONDS = {
     "tests/test_trainer.py::test_every_method_takes_finite_steps[orpo]": 1.1,
     "tests/test_trainer.py::test_every_method_takes_finite_steps[slic]": 1.1,
     "tests/test_trainer.py::test_every_method_takes_finite_steps[simpo]": 1.0,
+    "tests/test_benchmarks.py::test_the_smoke_run_prints_every_side_and_column": 93.5,
+    "tests/test_packing.py::test_a_packed_run_resumes_exactly": 6.4,
+    "tests/test_packing.py::test_packed_log_probs_and_dpo_gradients_equal_unpacked[gpt2]": 5.1,
+    "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[sft]": 5.1,
+    "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[kto]": 5.0,
+    "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[dpo]": 3.9,
+    "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[una_score]": 3.9,
+    "tests/test_packing.py::test_packing_computes_far_fewer_padding_tokens_on_the_books_pairs": 2.8,
+    "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[crlft]": 2.3,
+    "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[rrhf]": 1.4,
 }
 OTHER_TEST_SECONDS = 0.05
 

@@ -44,7 +44,14 @@ from .advantages import Rollout
 from .checks import SettingError
 from .config import TrainConfig, extendable_fields, resume_differences
 from .data import DATA_FILES, batch_indices, encode_rows, load_rows, read_jsonl, source_digest, source_exists
-from .logprobs import completion_distributions, pad_batch, sequence_rewards, token_logprobs
+from .logprobs import (
+    completion_distributions,
+    pack_batch,
+    packed_token_logprobs,
+    pad_batch,
+    sequence_rewards,
+    token_logprobs,
+)
 from .models import AdaptersDisabled, Encoder, add_lora, check_model_path, load_lora, load_model, load_tokenizer
 from .symbolic import TORCH
 
@@ -247,9 +254,16 @@ class Trainer:
         return examples, report
 
     # ------------------------------------------------------------------------ log-probs
-    def logprobs(self, pairs, model=None, per_token=False):
-        """(prompt ids, completion ids) pairs -> log-probs ([N] sums, or [N, T] per token), lengths, mask."""
+    def logprobs(self, pairs, model=None, per_token=False, packed=False):
+        """(prompt ids, completion ids) pairs -> log-probs ([N] sums, or [N, T] per token), lengths, mask.
+        packed: the sequences share rows of max_length tokens (logprobs.pack_batch): less padding, same result."""
         model = model or self.model
+        if packed:
+            batch = pack_batch([p for p, _ in pairs], [c for _, c in pairs], self.pad, self.config.max_length)
+            with self.accelerator.autocast():
+                tokens, mask = packed_token_logprobs(model, batch.to(self.accelerator.device))
+            tokens = tokens.float()
+            return (tokens if per_token else tokens.sum(-1)), mask.sum(-1).float(), mask
         ids, attention, completion = (t.to(self.accelerator.device) for t in pad_batch(
             [p for p, _ in pairs], [c for _, c in pairs], self.pad, "right"))
         with self.accelerator.autocast():
@@ -294,6 +308,7 @@ class Trainer:
         """The objective's inputs for rows `indices`, and what hooks report for the log."""
         obj, examples = self.objective, [self.examples[i] for i in indices]
         batch, info = {}, {}
+        packed = self.config.packing  # the policy's forward only: cached reference log-probs stay as computed
         if self.kind == "paired":
             pairs = [(e["prompt"], e["completions"][0]) for e in examples] + \
                     [(e["prompt"], e["completions"][1]) for e in examples]
@@ -304,7 +319,7 @@ class Trainer:
                     rewards = sequence_rewards(self.model, ids, attention).float()
                 batch["reward_chosen"], batch["reward_rejected"] = rewards.chunk(2)
                 return batch, info
-            tokens, lengths, mask = self.logprobs(pairs, per_token=True)  # one concatenated forward
+            tokens, lengths, mask = self.logprobs(pairs, per_token=True, packed=packed)  # one concatenated forward
             chosen, rejected = tokens.chunk(2)
             per_token = obj.level == "token" and "logp_rejected" in obj.token_vars
             batch["logp_chosen"] = chosen.sum(-1)
@@ -316,11 +331,12 @@ class Trainer:
                 batch["ref_logp_rejected"] = self.reference_logprobs("side1", indices)
         elif self.kind == "ranked":
             k = len(examples[0]["completions"])
-            logp, lengths, _ = self.logprobs([(e["prompt"], c) for e in examples for c in e["completions"]])
+            logp, lengths, _ = self.logprobs([(e["prompt"], c) for e in examples for c in e["completions"]],
+                                             packed=packed)
             batch = {"logp": logp.view(-1, k), "length": lengths.view(-1, k),
                      "reward": torch.tensor([e["rewards"] for e in examples], device=logp.device)}
         else:  # one completion per row: sft, sft_tagged, unpaired, scored
-            logp, lengths, _ = self.logprobs([(e["prompt"], e["completions"][0]) for e in examples])
+            logp, lengths, _ = self.logprobs([(e["prompt"], e["completions"][0]) for e in examples], packed=packed)
             batch = {"logp": logp, "length": lengths}
             if self.reference_cache is not None:
                 batch["ref_logp"] = self.reference_logprobs("side0", indices)
