@@ -9,7 +9,7 @@ from unified_rlhf import objectives, verify
 from unified_rlhf.objectives import REGISTRY
 from unified_rlhf.symbolic import TORCH
 
-REQUIRED = ("sft crlft vpg trpo ppo_clip ppo_kl apa rloo grpo rm unlikelihood dpo cdpo ipo slic rrhf orpo "
+REQUIRED = ("sft crlft vpg ppo_kl_fixed trpo ppo_clip ppo_kl apa rloo grpo rm unlikelihood dpo cdpo ipo slic rrhf orpo "
             "simpo kto una una_pairwise una_score gpo_logistic gpo_hinge gpo_squared gpo_exponential "
             "gpo_truncated_quadratic gpo_savage").split()
 GRPO_DESCENDANTS = "dr_grpo dapo bnpo gspo cispo sapo luspo vespo".split()
@@ -57,7 +57,7 @@ def test_token_level_objectives_declare_their_token_inputs():
     for obj in REGISTRY.values():
         assert (obj.level == "token") == bool(obj.token_vars), obj.name
     assert {o.name for o in REGISTRY.values() if o.level == "token"} == {
-        "trpo", "ppo_kl", "ppo_clip", "apa", "grpo", "unlikelihood", *GRPO_DESCENDANTS, "ld_dpo"}
+        "ppo_kl_fixed", "trpo", "ppo_kl", "ppo_clip", "apa", "grpo", "unlikelihood", *GRPO_DESCENDANTS, "ld_dpo"}
 
 
 def test_dpo_weight_is_beta_sigmoid_of_minus_beta_margin():

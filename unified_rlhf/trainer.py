@@ -713,10 +713,9 @@ def _weight_metrics(weights, batch: dict) -> dict:
     """Summaries of w+ and w- as the objective computed them. Single-completion methods have one signed
     weight: with labels (KTO, UNA) desirable rows give w+ and undesirable rows -w as w-."""
     if len(weights) == 2:
-        w_plus, w_minus = weights
-        mask = batch.get("mask_rejected")
-        if w_minus.dim() == 2 and mask is not None:
-            w_minus = w_minus[mask.bool()]
+        # per-token weights are summarised over real tokens only
+        w_plus, w_minus = (w[batch[mask].bool()] if w.dim() == 2 and batch.get(mask) is not None else w
+                           for w, mask in zip(weights, ("mask_chosen", "mask_rejected")))
         return _summary("w_plus", w_plus) | _summary("w_minus", w_minus)
     (w,) = weights
     if w.dim() == 2:
