@@ -6,6 +6,7 @@ respect to the per-token log-probs must agree to a relative 1e-10, and so must o
 Where the package follows the paper and TRL does something else (DAPO's token mean over each group, TRL's
 over the batch; TRL's default KL term, k3 times pi/pi_old), both are shown."""
 
+import tempfile
 import warnings
 
 import pytest
@@ -22,13 +23,14 @@ from unified_rlhf.verify import relative_error
 TOLERANCE = 1e-10
 GROUP, BATCH, TOKENS, BUDGET = 4, 8, 7, 9  # 2 prompts x 4 samples, completions of at most 7 tokens, budget 9
 _TRAINERS = {}
+_OUTPUT = tempfile.TemporaryDirectory(prefix="unified_rlhf_trl_grpo_")  # removed when the tests end
 
 
 def trl_trainer(**settings) -> GRPOTrainer:
     """A GRPOTrainer built from these GRPOConfig settings (once per setting), on the book's reference model."""
     key = tuple(sorted(settings.items()))
     if key not in _TRAINERS:
-        args = GRPOConfig(output_dir="/tmp/unified_rlhf_trl_test", report_to="none", use_cpu=True,
+        args = GRPOConfig(output_dir=_OUTPUT.name, report_to="none", use_cpu=True,
                           per_device_train_batch_size=BATCH, num_generations=GROUP, max_completion_length=BUDGET,
                           **settings)
         with warnings.catch_warnings():
