@@ -69,6 +69,14 @@ def test_online_kto_gets_its_reference_point_from_other_prompts(tmp_path):
     assert "z0" in batch and batch["z0"].shape == batch["logp"].shape and info["z0"] >= 0.0
 
 
+@pytest.mark.parametrize("method", ["aot", "bco"])
+def test_batch_level_hooks_run_online(method, tmp_path):
+    """AOT's ranks and BCO's running reward shift read only the batch, so they work on sampled pairs too."""
+    trainer = Trainer(small(method, tmp_path / "run", sampling="online", samples_per_prompt=2, max_new_tokens=8))
+    metrics = trainer.train_step()
+    assert metrics["feedback_rows"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
+
+
 @pytest.mark.slow
 def test_semi_online_samples_from_a_copy_refreshed_on_schedule_and_resumes_exactly(tmp_path):
     options = dict(sampling="semi_online", refresh_every=2, samples_per_prompt=2, max_new_tokens=8,

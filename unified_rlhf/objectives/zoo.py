@@ -206,6 +206,9 @@ class AOTRanks(Hook):
         batch.update(aot_inputs(batch))
         return {}
 
+    def online_inputs(self, trainer, rollout, rows, batch):  # reads the batch only, wherever it came from
+        return self.offline_inputs(trainer, rows, batch)
+
     def loss(self, objective, batch, hp):
         if not self.sorted_loss:
             return None
@@ -278,6 +281,9 @@ class BCORewardShift(Hook):
         trainer.state["bco_pending"] = (count, mean)
         batch["reward_shift"] = torch.full_like(batch["logp"], mean)
         return {"reward_shift": mean}
+
+    def online_inputs(self, trainer, rollout, rows, batch):  # reads the batch and the state only
+        return self.offline_inputs(trainer, rows, batch)
 
     def after_step(self, objective, state, metrics, hp):
         if "bco_pending" in state:
