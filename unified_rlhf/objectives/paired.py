@@ -52,7 +52,8 @@ def cdpo(m, v, beta, eps):
            paper="IPO, Azar et al. 2023, arXiv 2310.12036",
            defaults={"tau": (0.1, "IPO with summed log-ratios, as the DPO authors' repository runs it: a target "
                                   "margin 1/(2 tau) = 5 nats per sequence")},
-           options={"length_normalize": False}, sweep=("tau", (0.1, 0.5, 2.0)),
+           options={"length_normalize": False},
+           sweep=("tau", (0.01, 0.03, 0.1)),  # summed: target margins of 50, 17 and 5 nats per sequence
            ranges={"tau": "[1e-6, 1e6]"},  # the target is 1/(2 tau)
            note="The default is the paper's margin, of summed log-ratios (its Eq. 17). length_normalize=True "
                 "divides each log-ratio by |y| as TRL's DPOTrainer (loss_type='ipo') and HALOs do; TRL 1.16's "
