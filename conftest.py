@@ -74,6 +74,7 @@ SECONDS = {
     "tests/test_trainer.py::test_every_method_takes_finite_steps[slic]": 1.1,
     "tests/test_trainer.py::test_every_method_takes_finite_steps[simpo]": 1.0,
     "tests/test_benchmarks.py::test_the_smoke_run_prints_every_side_and_column": 93.5,
+    "tests/test_benchmarks.py::test_the_grpo_smoke_run_prints_every_side_part_and_setting": 17.5,
     "tests/test_packing.py::test_a_packed_run_resumes_exactly": 6.4,
     "tests/test_packing.py::test_packed_log_probs_and_dpo_gradients_equal_unpacked[gpt2]": 5.1,
     "tests/test_packing.py::test_the_trainers_packed_inputs_equal_unpacked[sft]": 5.1,
