@@ -71,6 +71,19 @@ VALUES = {  # per field: what to throw at it
     "eval_every": counts(-2, 1), "eval_prompts": counts(-2, 3, 10**9), "eval_samples": counts(-2, 2),
     "eval_at_start": st.one_of(WRONG_TYPES, NUMBERS), "checkpoint_every": counts(-2, 10**9),
     "progress": st.one_of(WRONG_TYPES, NUMBERS),
+    "data_split": st.one_of(WRONG_TYPES.filter(lambda v: not isinstance(v, str)), st.just("")),
+    "data_columns": st.one_of(WRONG_TYPES.filter(lambda v: not isinstance(v, dict)),
+                              st.dictionaries(st.sampled_from(["chosen", "bogus"]), st.text(max_size=3), max_size=1)),
+    "sampling": st.one_of(WRONG_TYPES, st.sampled_from(["offline", "online", "semi_online", "sometimes"])),
+    "refresh_every": counts(-2, 3),
+    "pair_rule": st.one_of(WRONG_TYPES, st.sampled_from(["best_worst", "all_pairs", "bradley_terry", "median"])),
+    "label_rule": st.one_of(WRONG_TYPES, st.sampled_from(["group_mean", "threshold", "median"])),
+    "label_threshold": NUMBERS,
+    "lora_r": counts(-2, 2, 5000), "lora_alpha": NUMBERS, "lora_dropout": NUMBERS,
+    "lora_target_modules": st.one_of(WRONG_TYPES.filter(lambda v: not isinstance(v, str)), st.just(""),
+                                     st.just("no_such_module")),
+    "gradient_checkpointing": st.one_of(WRONG_TYPES, NUMBERS), "bf16": st.one_of(WRONG_TYPES, NUMBERS),
+    "packing": st.one_of(WRONG_TYPES, NUMBERS),
 }
 
 
