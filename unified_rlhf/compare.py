@@ -161,7 +161,7 @@ def reference_row(work: Path, **overrides) -> dict:
     row = {"method": "reference", "knob": "", "value": "", "step": 0, "examples": 0, "updates": 0,
            "gold_reward": result["gold_reward"],
            "kl": 0.0, "kl_stderr": 0.0, "win_rate": 0.5, "mean_length": result["mean_length"],
-           "reference_gold_reward": result["gold_reward"], "train_seconds": 0.0,
+           "reference_gold_reward": result["reference_gold_reward"], "train_seconds": 0.0,
            "device": device_name(), "trained_as": ""}
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=2))
@@ -208,8 +208,7 @@ def write_table(rows: list[dict], out: Path):
 
 def read_table(path) -> list[dict]:
     """frontier.csv back as dicts with numbers where the columns hold numbers."""
-    numeric = {"step", "examples", "updates", "gold_reward", "kl", "kl_stderr", "win_rate", "mean_length",
-               "train_seconds"}
+    numeric = set(COLUMNS) - {"method", "knob", "value", "device", "trained_as"}
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
