@@ -124,6 +124,8 @@ class Interrupt:
 
 
 def test_ctrl_c_before_the_first_checkpoint_saves_one_and_resumes_exactly(tmp_path):
+    # a test run earlier in this process may have left Ctrl-C ignored (kernels, subprocesses): start from Python's
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     Trainer(small("dpo", tmp_path / "straight", max_steps=3, checkpoint_every=50)).train()
     with pytest.raises(TrainingInterrupted) as stopped:
         Trainer(small("dpo", tmp_path / "split", max_steps=3, checkpoint_every=50), callbacks=[Interrupt(1)]).train()
