@@ -48,11 +48,13 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run_child  # noqa: E402
 
 SIDES = {"ours": "unified_rlhf Trainer", "trl": "TRL GRPOTrainer"}
 PARTS = ("sampling", "scoring", "logprobs", "update", "other")
@@ -311,19 +313,11 @@ def child(args) -> dict:
 
 # ============================================================================================ driver
 def run_side(side: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", side, "--data-dir", args.data_dir, "--prompts", str(args.prompts),
-               "--samples", str(args.samples), "--max-new-tokens", str(args.max_new_tokens), "--warmup",
-               str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed)]
-    command += ["--profile"] if args.profile else []
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1",
-                        "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-                        # one GPU: TRL refuses nn.DataParallel, our trainer is single-process here too
-                        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        sys.exit(f"{SIDES[side]} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    flags = ["--data-dir", args.data_dir, "--prompts", str(args.prompts), "--samples", str(args.samples),
+             "--max-new-tokens", str(args.max_new_tokens), "--warmup", str(args.warmup), "--steps", str(args.steps),
+             "--threads", str(args.threads), "--seed", str(args.seed)]
+    flags += ["--profile"] if args.profile else []
+    return run_child(__file__, side, SIDES[side], args.threads, flags)
 
 
 def main(argv=None):
