@@ -51,9 +51,13 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask):
 
     Position t of the result scores token t+1 (the usual shift). The log-softmax is taken as
     logit - logsumexp in at least float32, so bf16 models do not lose the small differences."""
+    return _next_token_logprobs(_logits(model, input_ids, attention_mask), input_ids, completion_mask)
+
+
+def _logits(model, input_ids, attention_mask):
+    """The model's logits, with position ids that count real tokens only (left or right padding alike)."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    return _next_token_logprobs(logits, input_ids, completion_mask)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
 
 def _next_token_logprobs(logits, input_ids, completion_mask):
@@ -176,9 +180,8 @@ def packed_token_logprobs(model, packed: PackedBatch):
 def completion_distributions(model, input_ids, attention_mask, completion_mask):
     """log pi(. | x, y_<t) over the whole vocabulary at each completion token, [B, T-1, V], and the mask
     [B, T-1] (same shift as token_logprobs). TRPO's trust region measures the exact KL between two of these."""
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    logits = _logits(model, input_ids, attention_mask)[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return torch.log_softmax(logits, dim=-1), completion_mask[:, 1:].bool()
 
 

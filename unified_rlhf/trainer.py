@@ -264,20 +264,20 @@ class Trainer:
                 tokens, mask = packed_token_logprobs(model, batch.to(self.accelerator.device))
             tokens = tokens.float()
             return (tokens if per_token else tokens.sum(-1)), mask.sum(-1).float(), mask
-        ids, attention, completion = (t.to(self.accelerator.device) for t in pad_batch(
-            [p for p, _ in pairs], [c for _, c in pairs], self.pad, "right"))
         with self.accelerator.autocast():
-            tokens, mask = token_logprobs(model, ids, attention, completion)
+            tokens, mask = token_logprobs(model, *self._padded(pairs))
         tokens = tokens.float()
         return (tokens if per_token else tokens.sum(-1)), mask.sum(-1).float(), mask
 
     def distributions(self, pairs, model=None):
         """log pi(. | x, y_<t) over the vocabulary at each completion token ([N, T, V]) and the mask [N, T]."""
-        model = model or self.model
-        ids, attention, completion = (t.to(self.accelerator.device) for t in pad_batch(
-            [p for p, _ in pairs], [c for _, c in pairs], self.pad, "right"))
         with self.accelerator.autocast():
-            return completion_distributions(model, ids, attention, completion)
+            return completion_distributions(model or self.model, *self._padded(pairs))
+
+    def _padded(self, pairs):
+        """(prompt ids, completion ids) pairs -> input ids, attention and completion masks, right padded."""
+        return (t.to(self.accelerator.device) for t in pad_batch(
+            [p for p, _ in pairs], [c for _, c in pairs], self.pad, "right"))
 
     def _reference_cache(self):
         """Reference log-probs of the training sequences: each side of a row, plus any sequences the
