@@ -11,12 +11,14 @@ from test_trainer import parameters
 from training_runs import DATA, small
 
 from unified_rlhf import objectives
+from unified_rlhf.advantages import Rollout
 from unified_rlhf.data import batch_indices, encode_rows, load_rows
 from unified_rlhf.logprobs import (
     block_causal_mask,
     pack_batch,
     pack_bins,
     packed_token_logprobs,
+    packing_refusal,
     pad_batch,
     token_logprobs,
 )
@@ -132,13 +134,25 @@ def test_sliding_window_models_and_flash_kernels_are_refused():
     flash.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="'flash_attention_2' does not take"):
         packed_token_logprobs(flash, packed)
+    # the trainer's default (packing null) packs exactly the models that are not refused
+    assert [packing_refusal(m) is None for m in (gpt2(), llama(), gemma2, flash)] == [True, True, False, False]
+
+
+def test_the_default_packs_where_the_model_allows_it(tmp_path):
+    """packing null: the trainer's forwards are packed on the book's GPT-2 (fewer rows than sequences)."""
+    trainer = Trainer(small("dpo", tmp_path / "run", batch_size=8))
+    rows = []
+    trainer.model.register_forward_pre_hook(lambda _, args, kwargs: rows.append(len(kwargs["input_ids"])),
+                                            with_kwargs=True)
+    trainer.offline_inputs(list(range(8)))
+    assert trainer.config.packing is None and rows == [rows[0]] and rows[0] < 16 / 2
 
 
 @pytest.mark.parametrize("method", ["dpo", "kto", "sft", "rrhf", "una_score", "crlft"])
 def test_the_trainers_packed_inputs_equal_unpacked(method, tmp_path):
     """Every offline data kind (paired, unpaired, sft, ranked, scored, sft_tagged): the objective's inputs agree
     with packing on and off (float32, the trainer's precision on CPU), and only the policy forward is packed."""
-    trainer = Trainer(small(method, tmp_path / method, batch_size=8))
+    trainer = Trainer(small(method, tmp_path / method, batch_size=8, packing=False))
     indices = batch_indices(0, 8, len(trainer.examples), trainer.config.seed)
     rows = []  # rows of the policy's forwards
     trainer.model.register_forward_pre_hook(lambda _, args, kwargs: rows.append(len(kwargs["input_ids"])),
@@ -153,6 +167,25 @@ def test_the_trainers_packed_inputs_equal_unpacked(method, tmp_path):
         torch.testing.assert_close(packed[key], value, msg=key)
 
 
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_the_trainers_packed_online_inputs_equal_unpacked(method, tmp_path):
+    """Online, every forward of a step is packed too (the reference's in the rollout, the policy's with gradient),
+    and the deferred pi_old log-probs (the update's own forward, detached) equal a forward of their own."""
+    trainer = Trainer(small(method, tmp_path / method, batch_size=4, samples_per_prompt=4, packing=False))
+    unpacked = trainer.rollout([0, 1, 2, 3])
+    inputs = trainer.online_inputs(unpacked, trainer.advantages(unpacked))
+    trainer.config.packing = True
+    packed = Rollout(**{f: getattr(unpacked, f) for f in ("pairs", "completions", "reward", "mask", "group_size",
+                                                            "max_new_tokens")},
+                     ref=trainer.logprobs(unpacked.pairs, trainer.reference, per_token=True, packed=True)[0],
+                     old=lambda: pytest.fail("the update's forward should supply pi_old"))
+    packed_inputs = trainer.online_inputs(packed, trainer.advantages(unpacked))
+    torch.testing.assert_close(packed.ref, unpacked.ref)
+    torch.testing.assert_close(packed.old, unpacked.old)
+    for key, value in inputs.items():
+        torch.testing.assert_close(packed_inputs[key], value, msg=key)
+
+
 def test_a_packed_run_resumes_exactly(tmp_path):
     config = dict(packing=True, checkpoint_every=2)
     Trainer(small("dpo", tmp_path / "straight", max_steps=4, **config)).train()
@@ -162,7 +195,7 @@ def test_a_packed_run_resumes_exactly(tmp_path):
                                rtol=0, atol=0)
     assert json.loads((tmp_path / "split" / "config.json").read_text())["packing"] is True
     with pytest.raises(ValueError, match="differs from the saved run in packing"):  # it changes the float sums
-        Trainer(small("dpo", tmp_path / "split", max_steps=6, checkpoint_every=2), resume=True)
+        Trainer(small("dpo", tmp_path / "split", max_steps=6, checkpoint_every=2, packing=False), resume=True)
 
 
 def test_packing_computes_far_fewer_padding_tokens_on_the_books_pairs(tmp_path):

@@ -31,7 +31,7 @@ class Rollout:
     pairs: list  # (prompt ids, completion ids), N of them
     completions: list  # completion ids, N
     reward: torch.Tensor  # [N] reward of each completion (gold or reward model)
-    old: torch.Tensor  # [N, T] per-token log-probs under the sampling policy (zero off the completion)
+    old: torch.Tensor  # [N, T] per-token log-probs under the sampling policy (zero off the completion); see below
     ref: torch.Tensor  # [N, T] per-token log-probs under the reference
     mask: torch.Tensor  # [N, T] completion tokens
     group_size: int  # k samples per prompt
@@ -58,6 +58,23 @@ class Rollout:
         if self.max_new_tokens is None:
             raise ValueError(f"{what} needs the sampler's budget: build the Rollout with max_new_tokens")
         return self.max_new_tokens
+
+
+# `old` may also be given as a function that computes it: it runs on the first read, and its result is kept. The
+# trainer defers that forward this way: with one update per rollout, the update's own forward (detached) gives
+# these log-probs, so nothing computes them twice unless something (an estimator, a callback) reads them first.
+def _read_old(rollout) -> torch.Tensor:
+    if callable(rollout._old) and not isinstance(rollout._old, torch.Tensor):
+        rollout._old = rollout._old()
+    return rollout._old
+
+
+def _write_old(rollout, value) -> None:
+    rollout._old = value
+
+
+Rollout.old = property(_read_old, _write_old)  # after @dataclass, which would take it as the field's default
+Rollout.old_computed = property(lambda rollout: isinstance(rollout._old, torch.Tensor))
 
 
 def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,8 @@ class TrainConfig:
     lora_dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout on the LoRA adapters' input
     lora_target_modules: str = "all-linear"  # LoRA: "all-linear", or module names separated by commas ("q_proj,v_proj")
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
-    packing: bool = False  # offline steps: pack the batch's sequences into rows of max_length tokens (less padding)
+    packing: bool | None = None  # pack each forward's sequences into rows of max_length tokens (less padding, the
+    # same log-probs); null: wherever the model allows it (not with sliding-window layers or flash attention)
     bf16: bool | None = None  # bf16 autocast: null = where CUDA supports it; true: also on CPU; false: float32
     reference_cache: Annotated[str | None, EXTENDABLE] = None  # cached reference log-probs; default in refcache.py
     eval_every: Annotated[int, "[0, inf)", EXTENDABLE] = 50  # evaluate every this many steps and at the end (0: never)

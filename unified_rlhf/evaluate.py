@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,32 +56,43 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         attention[i, width - len(p) :] = 1
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    # the mask of every step, allocated once: step t attends to the prompt and the t tokens sampled so far
+    attention = torch.cat([attention, attention.new_ones(batch, max_new_tokens)], dim=-1)
 
     new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    cache = None
+    # a static cache (keys and values written in place) where the model supports one: the same tokens as the
+    # dynamic cache, which copies every layer's keys and values at each step to append one token
+    from transformers import StaticCache
+
+    static = getattr(model, "_can_compile_fullgraph", False)
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens) if static else None
     for t in range(max_new_tokens):
+        where = {"cache_position": torch.arange(width, device=device) if t == 0 else
+                 torch.tensor([width + t - 1], device=device)} if static else {}
         out = model(
             input_ids=ids,
-            attention_mask=attention,
+            attention_mask=attention[:, : width + t],
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            **where,
         )
         cache = out.past_key_values
-        logits = out.logits[:, -1].float()  # softmax in float32 even for half-precision models
+        logits = out.logits[:, -1].float()  # in float32 even for half-precision models
         if temperature == 0:
             token = logits.argmax(-1)
         else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            # the Gumbel-max trick: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), and on the
+            # CPU it costs a quarter of torch.multinomial (uniforms in [0, 1): the noise is finite or -inf)
+            uniform = torch.rand(logits.shape, generator=generator, device=device)
+            token = (logits / temperature - torch.log(-torch.log(uniform))).argmax(-1)
         token = token.masked_fill(done, pad_id)  # finished rows only feed padding from here on
         new_tokens[:, t] = token
         done |= token == eos_id
         if done.all():
             break
         ids = token[:, None]
-        attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=-1)
         positions = positions[:, -1:] + 1
 
     completions = []
@@ -133,6 +145,22 @@ def sample(
     return completions
 
 
+# A training run evaluates against the same frozen reference, on the same prompts with the same seed, every time:
+# its samples are drawn once per model and kept. The key holds every parameter's version counter, which any
+# in-place change of a weight (an optimiser step, load_state_dict) advances, so a changed model is sampled again.
+_REFERENCE_SAMPLES = weakref.WeakKeyDictionary()
+
+
+def _reference_samples(reference, prompt_ids, seed, **options) -> list[list[int]]:
+    key = (tuple(map(tuple, prompt_ids)), seed, tuple(sorted(options.items())),
+           tuple(p._version for p in reference.parameters()))
+    kept = _REFERENCE_SAMPLES.setdefault(reference, {})
+    if key not in kept:
+        kept.clear()  # one entry per model: the last prompts and seed it was evaluated with
+        kept[key] = sample(reference, prompt_ids, seed=seed, **options)
+    return [list(y) for y in kept[key]]  # copies: a caller's edit cannot reach the next evaluation
+
+
 def completion_logprobs(model, prompt_ids, completions, pad_id: int, batch_size: int = 64) -> torch.Tensor:
     """l(y) = summed log-prob of each completion (eos included) under ``model``, float64 on the CPU."""
     device, totals = _device(model), []
@@ -181,7 +209,7 @@ def evaluate_policy(
     # Separate random streams: the win rate compares independent samples, and reusing one seed would
     # couple them (with policy == reference every pair would be a tie).
     ys = sample(policy, prompt_ids, seed=2 * seed, **options)
-    ys_ref = sample(reference, prompt_ids, seed=2 * seed + 1, **options)
+    ys_ref = _reference_samples(reference, prompt_ids, seed=2 * seed + 1, **options)
 
     repeated_ids = [p for p in prompt_ids for _ in range(k)]
     logp = completion_logprobs(policy, repeated_ids, ys, pad_id, batch_size)

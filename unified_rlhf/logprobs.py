@@ -151,6 +151,19 @@ def unpack(values: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
     return torch.where(inside, gathered, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
+def packing_refusal(model) -> str | None:
+    """Why packed_token_logprobs refuses `model` (see there), or None if it can pack."""
+    config = getattr(model, "config", None)
+    attention = getattr(config, "_attn_implementation", None) or "sdpa"
+    if attention not in ("eager", "sdpa"):
+        return (f"packing passes a block-diagonal attention mask, which the model's attention implementation "
+                f"'{attention}' does not take: load it with attn_implementation 'sdpa' or 'eager', or turn packing off")
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return ("packing passes one block-diagonal attention mask to every layer, which would drop the model's "
+                "sliding-window layers' window: turn packing off for this model")
+    return None
+
+
 def packed_token_logprobs(model, packed: PackedBatch):
     """token_logprobs of a packed batch: per-token log-probs of the completions [N, T-1], zero off the
     completion, and the mask, in pad_batch's right-padded layout (what the objectives read).
@@ -160,15 +173,9 @@ def packed_token_logprobs(model, packed: PackedBatch):
     would not apply it as given, so those are refused rather than let sequences see each other. (Given no mask,
     transformers 5.23 infers the blocks from the restarting position ids, but only when the forward builds no
     KV cache: with use_cache left on, GPT-2 and Llama silently attend across sequences.)"""
-    config = getattr(model, "config", None)
-    attention = getattr(config, "_attn_implementation", None) or "sdpa"
-    if attention not in ("eager", "sdpa"):
-        raise ValueError(f"packing passes a block-diagonal attention mask, which the model's attention "
-                         f"implementation '{attention}' does not take: load it with attn_implementation 'sdpa' "
-                         f"or 'eager', or turn packing off")
-    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-        raise ValueError("packing passes one block-diagonal attention mask to every layer, which would drop the "
-                         "model's sliding-window layers' window: turn packing off for this model")
+    refusal = packing_refusal(model)
+    if refusal:
+        raise ValueError(refusal)
     dtype = next(model.parameters()).dtype
     mask = block_causal_mask(packed.sequence_ids, dtype)
     logits = model(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids).logits

@@ -48,6 +48,7 @@ from .logprobs import (
     completion_distributions,
     pack_batch,
     packed_token_logprobs,
+    packing_refusal,
     pad_batch,
     sequence_rewards,
     token_logprobs,
@@ -116,6 +117,11 @@ class Trainer:
         self.sampler = None
         if cfg.sampling == "semi_online":
             self.sampler = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+        # policy_kl_old, KL(pi_old || pi) after a step's update, costs one more forward: it is measured when the step
+        # is more than one plain optimiser update (several epochs, TRPO's own step) or a hook reads it (PPO's beta)
+        self.measures_update_kl = self.kind == "online" and obj.data == "online" and (
+            cfg.update_epochs > 1 or any(h.reads_update_kl or type(h).update is not objectives.Hook.update
+                                         for h in obj.hooks))
         self.step = 0
         self.state = {}  # what estimators and hooks keep between steps (a running baseline, PPO's beta)
         self.checkpoint_step = None  # the step of the checkpoint on disk, once there is one
@@ -254,12 +260,17 @@ class Trainer:
         return examples, report
 
     # ------------------------------------------------------------------------ log-probs
-    def logprobs(self, pairs, model=None, per_token=False, packed=False):
+    def logprobs(self, pairs, model=None, per_token=False, packed=None):
         """(prompt ids, completion ids) pairs -> log-probs ([N] sums, or [N, T] per token), lengths, mask.
-        packed: the sequences share rows of max_length tokens (logprobs.pack_batch): less padding, same result."""
+        packed: the sequences share rows of max_length tokens (logprobs.pack_batch): less padding, same result
+        (rows as long as the longest sequence where a sampled one is longer: the sampler's limit is the context's).
+        None: as config.packing says (its null: where the model allows it)."""
         model = model or self.model
+        if packed is None:
+            packed = self.config.packing if self.config.packing is not None else packing_refusal(model) is None
         if packed:
-            batch = pack_batch([p for p, _ in pairs], [c for _, c in pairs], self.pad, self.config.max_length)
+            capacity = max(self.config.max_length, *(len(p) + len(c) for p, c in pairs))
+            batch = pack_batch([p for p, _ in pairs], [c for _, c in pairs], self.pad, capacity)
             with self.accelerator.autocast():
                 tokens, mask = packed_token_logprobs(model, batch.to(self.accelerator.device))
             tokens = tokens.float()
@@ -296,7 +307,8 @@ class Trainer:
             else repr(self.tokenizer), device=str(self.accelerator.device),
             precision=self.accelerator.mixed_precision, threads=torch.get_num_threads(), torch=torch.__version__)
         directory = Path(cfg.reference_cache) if cfg.reference_cache else refcache.default_directory()
-        return refcache.ReferenceCache(lambda pairs: self.logprobs(pairs, self.reference)[0], sequences,
+        # unpacked whatever the run's packing: the cache is shared between runs and holds one computation
+        return refcache.ReferenceCache(lambda pairs: self.logprobs(pairs, self.reference, packed=False)[0], sequences,
                                        directory / f"{key}.pt", self.accelerator.device)
 
     def reference_logprobs(self, name: str, indices) -> torch.Tensor:
@@ -308,7 +320,6 @@ class Trainer:
         """The objective's inputs for rows `indices`, and what hooks report for the log."""
         obj, examples = self.objective, [self.examples[i] for i in indices]
         batch, info = {}, {}
-        packed = self.config.packing  # the policy's forward only: cached reference log-probs stay as computed
         if self.kind == "paired":
             pairs = [(e["prompt"], e["completions"][0]) for e in examples] + \
                     [(e["prompt"], e["completions"][1]) for e in examples]
@@ -319,7 +330,7 @@ class Trainer:
                     rewards = sequence_rewards(self.model, ids, attention).float()
                 batch["reward_chosen"], batch["reward_rejected"] = rewards.chunk(2)
                 return batch, info
-            tokens, lengths, mask = self.logprobs(pairs, per_token=True, packed=packed)  # one concatenated forward
+            tokens, lengths, mask = self.logprobs(pairs, per_token=True)  # one concatenated forward
             chosen, rejected = tokens.chunk(2)
             per_token = obj.level == "token" and "logp_rejected" in obj.token_vars
             batch["logp_chosen"] = chosen.sum(-1)
@@ -331,12 +342,11 @@ class Trainer:
                 batch["ref_logp_rejected"] = self.reference_logprobs("side1", indices)
         elif self.kind == "ranked":
             k = len(examples[0]["completions"])
-            logp, lengths, _ = self.logprobs([(e["prompt"], c) for e in examples for c in e["completions"]],
-                                             packed=packed)
+            logp, lengths, _ = self.logprobs([(e["prompt"], c) for e in examples for c in e["completions"]])
             batch = {"logp": logp.view(-1, k), "length": lengths.view(-1, k),
                      "reward": torch.tensor([e["rewards"] for e in examples], device=logp.device)}
         else:  # one completion per row: sft, sft_tagged, unpaired, scored
-            logp, lengths, _ = self.logprobs([(e["prompt"], e["completions"][0]) for e in examples], packed=packed)
+            logp, lengths, _ = self.logprobs([(e["prompt"], e["completions"][0]) for e in examples])
             batch = {"logp": logp, "length": lengths}
             if self.reference_cache is not None:
                 batch["ref_logp"] = self.reference_logprobs("side0", indices)
@@ -372,9 +382,13 @@ class Trainer:
                                       temperature=cfg.temperature, eos_id=self.encoder.eos, pad_id=self.pad,
                                       seed=seed)
         pairs = [(prompts[i // k], c) for i, c in enumerate(completions)]
-        old, _, mask = self.logprobs(pairs, per_token=True)
-        ref, _, _ = self.logprobs(pairs, self.reference, per_token=True)
+        ref, _, mask = self.logprobs(pairs, self.reference, per_token=True)
         rewards = self.score([texts[i // k] for i in range(len(completions))], completions)
+
+        @torch.no_grad()
+        def old():  # deferred: the step's first forward with gradient gives these, unless something reads them first
+            return self.logprobs(pairs, per_token=True)[0]
+
         return Rollout(pairs=pairs, completions=completions, reward=rewards, old=old, ref=ref, mask=mask,
                        group_size=k, max_new_tokens=cfg.max_new_tokens)
 
@@ -396,6 +410,8 @@ class Trainer:
         log-probs carry the gradient; the reference's come from the rollout."""
         cfg, obj = self.config, self.objective
         tokens, lengths, mask = self.logprobs(rollout.pairs, per_token=True)  # every sample, one forward
+        if not rollout.old_computed:  # the policy has not moved since the rollout: these are its log-probs
+            rollout.old = tokens.detach()
         reference = rollout.ref.to(tokens.dtype)
         k = rollout.group_size
         if obj.data == "paired":
@@ -429,7 +445,10 @@ class Trainer:
     def online_inputs(self, rollout: Rollout, estimated: dict) -> dict:
         """The objective's inputs: the policy's log-probs (with gradient) of the sampled completions."""
         token_view = self.objective.level == "token"
-        logp, lengths, mask = self.logprobs(rollout.pairs, per_token=token_view)
+        tokens, lengths, mask = self.logprobs(rollout.pairs, per_token=True)
+        if not rollout.old_computed:  # the first epoch, before any update: the policy is still the sampling one
+            rollout.old = tokens.detach()
+        logp = tokens if token_view else tokens.sum(-1)
         batch = {"logp": logp, "length": lengths, "mask": mask, "reward": rollout.reward,
                  "baseline": torch.zeros_like(lengths)} | estimated
         old, ref = (rollout.old, rollout.ref) if token_view else (rollout.old.sum(-1), rollout.ref.sum(-1))
@@ -493,8 +512,10 @@ class Trainer:
                 loss, weights = self.loss_and_weights(batch, hp)
                 loss = loss.mean()
                 metrics |= self.update(loss, online_loss, rollout.pairs, hp)
-            with torch.no_grad():  # the policy after this step's updates, for KL(pi_old || pi)
-                updated = self.logprobs(rollout.pairs, per_token=True)[0]
+            updated = None
+            if self.measures_update_kl:  # the policy after this step's updates, for KL(pi_old || pi)
+                with torch.no_grad():
+                    updated = self.logprobs(rollout.pairs, per_token=True)[0]
             metrics |= _online_metrics(rollout, batch, updated, obj, hp)
         else:
             batch, info = self.offline_inputs(local)
@@ -739,17 +760,18 @@ def _offline_metrics(batch: dict) -> dict:
     return out
 
 
-def _online_metrics(rollout: Rollout, batch: dict, updated: torch.Tensor, obj, hp: dict) -> dict:
-    """reward, KL of the samples to the reference, and, per token: KL(pi_old || pi) after the update
-    (what PPO's adaptive rule measures) and the fraction of tokens whose gradient the clip cut in the
-    last update epoch."""
+def _online_metrics(rollout: Rollout, batch: dict, updated: torch.Tensor | None, obj, hp: dict) -> dict:
+    """reward, KL of the samples to the reference, and, per token: KL(pi_old || pi) after the update (what
+    PPO's adaptive rule measures; given `updated`, the policy's log-probs after it) and the fraction of tokens
+    whose gradient the clip cut in the last update epoch."""
     mask = rollout.mask.float()
     tokens = mask.sum()
-    log_ratio = (updated - rollout.old) * mask
     out = {"reward_mean": rollout.reward.mean().item(),
            "sample_kl": rollout.kl_per_token().sum(-1).mean().item(),
-           "sample_length": mask.sum(-1).mean().item(),
-           "policy_kl_old": (((log_ratio.exp() - 1 - log_ratio) * mask).sum() / tokens).item()}
+           "sample_length": mask.sum(-1).mean().item()}
+    if updated is not None:
+        log_ratio = (updated - rollout.old) * mask
+        out["policy_kl_old"] = (((log_ratio.exp() - 1 - log_ratio) * mask).sum() / tokens).item()
     if "eps" in obj.defaults:
         eps = obj.hyperparameters(**hp)["eps"]
         ratio = (batch["logp"].detach() - batch["old_logp"]).exp()

@@ -175,7 +175,12 @@ class Hook:
                                            one), naming the field, before the run starts
 
     An advantage estimator may define the same `validate(config)`.
+
+    reads_update_kl: the hook reads the step's `policy_kl_old` (KL(pi_old || pi) after the update) in
+    after_step; the trainer then measures it even after a single plain update, where it otherwise saves that forward.
     """
+
+    reads_update_kl: bool = False
 
     def reference_sequences(self, examples: list) -> dict:
         return {}

@@ -48,6 +48,7 @@ class AdaptiveKL(Hook):
     from KL(pi_old || pi) per token measured after the update (the trainer's `policy_kl_old`)."""
 
     target: float = 0.01
+    reads_update_kl = True
 
     def hyperparameters(self, state, hp):
         return hp | {"beta": state["kl_beta"]} if "kl_beta" in state else hp
