@@ -47,10 +47,10 @@ check-data: $(VENV)/.installed
 verify: $(VENV)/.installed
 	$(BIN)/unified-rlhf verify --all
 
-## The reward-KL frontier behind chapter 17: every method over its main knob (about an hour on 2 CPU
-## cores, minutes on a GPU); finished points in runs/compare are reused.
+## The reward-KL frontier behind chapter 17: every method over its main knob, three seeds each ($(JOBS) points
+## at a time; under two hours on 2 CPU cores, minutes on a GPU); finished points in runs/compare are reused.
 frontier: $(VENV)/.installed
-	$(BIN)/unified-rlhf compare --out results/frontier
+	$(BIN)/unified-rlhf compare --workers $(JOBS) --out results/frontier
 
 clean:
 	rm -rf $(VENV) build *.egg-info book_html

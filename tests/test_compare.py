@@ -26,14 +26,29 @@ def test_plan_covers_every_policy_method_once():
         assert objectives.get(alias).data == objectives.get(twin).data
         assert sp.simplify(objectives.get(alias).sympy_loss() - objectives.get(twin).sympy_loss()) == 0
     points = compare.plan(["gpo_logistic", "dpo"])
-    assert [p.method for p in points] == ["dpo"] * len(compare.sweeps()["dpo"][1])
+    values = compare.sweeps()["dpo"][1]
+    assert [(p.method, p.value, p.seed) for p in points] == [("dpo", v, s) for s in compare.SEEDS for v in values]
+    assert len(compare.SEEDS) >= 3 and compare.EVALUATIONS >= 10
+
+
+def test_online_variants_train_their_objective_on_its_own_samples_at_the_online_budget(tmp_path):
+    points = compare.plan(list(compare.VARIANTS), seeds=(1,))
+    assert {p.listed for p in points} == set(compare.VARIANTS) and {p.seed for p in points} == {1}
+    online_dpo = next(p for p in points if p.listed == "online_dpo").config(tmp_path)
+    ppo = compare.Point("ppo_clip", "eps", 0.2).config(tmp_path)
+    assert online_dpo.method == "dpo" and online_dpo.sampling == "online" and online_dpo.seed == 1
+    assert online_dpo.max_steps * online_dpo.batch_size * online_dpo.samples_per_prompt == \
+        ppo.max_steps * ppo.batch_size * ppo.samples_per_prompt  # the same samples as PPO
+    assert "online_dpo" in online_dpo.out and "seed=1" in online_dpo.out
+    assert compare.VARIANTS_PANEL in compare.groups([{"method": "online_dpo"}, {"method": "dpo"}])
 
 
 def test_knob_goes_to_the_objective_or_the_config(tmp_path):
-    beta = compare.Point("dpo", "beta", 0.5).config(tmp_path)
-    assert beta.hyperparameters == {"beta": 0.5} and beta.max_steps == compare.STEPS["offline"]
-    kl = compare.Point("rloo", "kl_coef", 0.2).config(tmp_path, max_steps=8)
-    assert kl.kl_coef == 0.2 and kl.hyperparameters == {} and kl.max_steps == 8 and kl.eval_every == 2
+    beta = compare.Point("dpo", "beta", 0.5, seed=2).config(tmp_path)
+    assert beta.hyperparameters == {"beta": 0.5} and beta.max_steps == compare.STEPS["offline"] and beta.seed == 2
+    assert beta.eval_every * compare.EVALUATIONS == beta.max_steps
+    kl = compare.Point("rloo", "kl_coef", 0.2).config(tmp_path, max_steps=20)
+    assert kl.kl_coef == 0.2 and kl.hyperparameters == {} and kl.max_steps == 20 and kl.eval_every == 2
 
 
 def test_unknown_or_unsweepable_methods_are_named(capsys):
@@ -51,13 +66,16 @@ def test_pareto_keeps_only_points_nothing_beats():
         assert any(k <= kl and r >= reward for k, r in envelope)
 
 
-def _rows():
+def _rows(seeds=(0,), noise=None):
+    """Two methods, three knob values each (one step), per seed: b is a's frontier moved right by 2 and down by 0.1."""
     rows = []
-    for method, (kl, reward) in itertools.product(["a", "b"], [(0.5, 0.5), (3.0, 0.7), (12.0, 0.95)]):
-        rows.append({"method": method, "knob": "beta", "value": kl, "kl": kl + (method == "b") * 2,
-                     "gold_reward": reward - (method == "b") * 0.1, "train_seconds": 10.0})
-    return rows + [{"method": "reference", "knob": "", "value": "", "kl": 0.0, "gold_reward": 0.4,
-                    "train_seconds": 0.0}]
+    for seed, method, (kl, reward) in itertools.product(seeds, ["a", "b"], [(0.5, 0.5), (3.0, 0.7), (12.0, 0.95)]):
+        shift = noise[(seed, method, kl)] if noise else 0.0
+        rows.append({"method": method, "knob": "beta", "value": kl, "seed": seed, "step": 10, "examples": 320,
+                     "updates": 10, "kl": kl + (method == "b") * 2, "train_seconds": 10.0 + seed, "win_rate": 0.5,
+                     "gold_reward": reward - (method == "b") * 0.1 + shift, "mean_length": 9.0})
+    return rows + [{"method": "reference", "knob": "", "value": "", "seed": 0, "step": 0, "kl": 0.0,
+                    "gold_reward": 0.4, "train_seconds": 0.0, "win_rate": 0.5, "mean_length": 9.0}]
 
 
 def test_best_within_a_budget():
@@ -66,9 +84,45 @@ def test_best_within_a_budget():
     best = compare.best_within(rows, 5.0)
     assert best["a"]["gold_reward"] == 0.7 and best["b"]["gold_reward"] == pytest.approx(0.6)
     assert compare.best_within(rows, math.inf)["b"]["kl"] == 14.0
-    table = compare.budget_table(rows, budgets=(1.0, math.inf))
-    assert "| a | 0.50 (beta=0.5) | 0.95 (beta=12) | 10 |" in table
-    assert "| b | – | 0.85 (beta=12) | 10 |" in table and "gold reward 0.400" in table
+    table = compare.budget_table(rows, budgets=(1.0, math.inf))  # one seed: the plain best, no interval
+    assert "| a | 0.50 ± 0.00 | 0.95 ± 0.00 | beta: 12 | 320 | 10 | 10 |" in table
+    assert "| b | – | 0.85 ± 0.00 | beta: 12 | 320 | 10 | 10 |" in table and "gold reward 0.400" in table
+
+
+def test_t_quantiles_are_students():
+    import sympy.stats
+
+    for df, t in compare.T975.items():
+        cdf = sympy.stats.cdf(sympy.stats.StudentT("T", df))(t)
+        assert abs(float(cdf) - 0.975) < 2e-4, df
+    mean, half = compare.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert compare.interval([5.0]) == (5.0, 0.0)
+
+
+def test_summaries_average_the_seeds_with_intervals():
+    rows = _rows(seeds=(0, 1, 2), noise={(s, m, kl): 0.01 * s for s in range(3) for m in "ab"
+                                         for kl in (0.5, 3.0, 12.0)})
+    summary = {(r["method"], r["value"]): r for r in compare.summarise(rows) if r["method"] != "reference"}
+    a = summary[("a", 3.0)]
+    assert a["n"] == 3 and a["gold_reward"] == pytest.approx(0.71) and a["kl"] == 3.0 and a["kl_ci"] == 0.0
+    assert a["gold_ci"] == pytest.approx(4.303 * 0.01 / math.sqrt(3)) and a["train_seconds"] == 11.0
+
+
+def test_the_adjusted_best_pays_for_picking_a_lucky_setting():
+    """Method a's cheapest setting is lucky on seed 0 only. The best of the means picks it (its mean, 1.0, beats the
+    steady 0.95 of setting 12); holding each seed out, the other seeds' pick is scored on the held-out seed."""
+    noise = {(s, m, kl): 0.0 for s in range(3) for m in "ab" for kl in (0.5, 3.0, 12.0)}
+    noise[(0, "a", 0.5)] = 1.5  # one lucky run: 2.0 where the other seeds get 0.5
+    rows = _rows(seeds=(0, 1, 2), noise=noise)
+    naive = compare.best_within(compare.summarise(rows), math.inf)["a"]
+    assert naive["value"] == 0.5 and naive["gold_reward"] == pytest.approx(1.0)
+    adjusted = compare.best_within_adjusted(rows, math.inf)["a"]
+    # seed 0 held out: seeds 1 and 2 pick 12 (0.95); seed 1 or 2 held out: the lucky mean (1.25) picks 0.5 (0.5)
+    assert adjusted["choices"] == [(12.0, 10), (0.5, 10), (0.5, 10)]
+    assert adjusted["gold_reward"] == pytest.approx(0.65) and adjusted["gold_ci"] > 0.5
+    within = compare.best_within_adjusted(rows, 1.0)  # b has no setting with KL <= 1
+    assert within.keys() == {"a"} and within["a"]["choices"] == [(0.5, 10)] * 3
 
 
 @pytest.fixture
@@ -77,7 +131,7 @@ def tiny(tmp_path, monkeypatch):
     rows = (DATA / "pairs_train.jsonl").read_text().splitlines()[:16]
     (tmp_path / "pairs.jsonl").write_text("\n".join(rows) + "\n")
     monkeypatch.setattr(compare, "sweeps", lambda: compare_sweeps() | {"dpo": ("beta", (0.1,))})
-    return dict(out=tmp_path / "out", work=tmp_path / "work", progress=False, max_steps=2, batch_size=4,
+    return dict(out=tmp_path / "out", work=tmp_path / "work", progress=False, seeds=(0,), max_steps=2, batch_size=4,
                 eval_prompts=4, max_new_tokens=8, data_dir=str(DATA), model=str(DATA / "reference"),
                 data_file=str(tmp_path / "pairs.jsonl"))
 
@@ -98,9 +152,21 @@ def test_tiny_sweep_writes_table_and_figures_and_reuses_finished_points(tiny, mo
     monkeypatch.setattr(trainer, "train", lambda config, resume=False, overwrite=False: calls.append(resume))
     assert compare.compare(["dpo"], **tiny)[1:] == rows[1:3]  # finished: nothing is trained again
     assert calls == []
-    run = tiny["work"] / "dpo" / "beta=0.1"
+    run = tiny["work"] / "dpo" / "beta=0.1" / "seed=0"
     for path in (run / "model").iterdir():  # an interrupted point: no final model, a checkpoint
         path.unlink()
     (run / "model").rmdir()
     compare.compare(["dpo"], **tiny)
     assert calls == [True]  # resumed from its checkpoint, not started over
+
+
+def test_workers_train_the_missing_seeds_in_processes_of_their_own(tiny):
+    compare.compare(["dpo"], **tiny)  # seed 0 in this process
+    rows = compare.compare(["dpo"], **(tiny | {"seeds": (0, 1, 2), "workers": 2}))
+    assert sorted({r["seed"] for r in rows if r["method"] == "dpo"}) == [0, 1, 2]
+    for seed in (1, 2):
+        run = tiny["work"] / "dpo" / "beta=0.1" / f"seed={seed}"
+        assert (run / "wall_seconds.txt").is_file() and "threads" in (run / "device.txt").read_text()
+    seeds = {r["seed"]: r["gold_reward"] for r in rows if r["method"] == "dpo" and r["step"] == 2}
+    assert len(set(seeds.values())) > 1  # different seeds, different runs
+    assert "over 3 seeds" in (tiny["out"] / "frontier.md").read_text()

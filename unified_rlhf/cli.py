@@ -6,7 +6,7 @@
   unified-rlhf train --objective FILE.py:NAME ...      (your own objective, e.g. from objective_from_sympy)
   unified-rlhf train --resume --out DIR                (continue a run with its saved settings)
   unified-rlhf evaluate DIR
-  unified-rlhf compare [--methods NAMES] [--out results/frontier] [--work runs/compare]
+  unified-rlhf compare [--methods NAMES] [--seeds 0 1 2] [--workers N] [--out results/frontier] [--work runs/compare]
   unified-rlhf data build [--out data] [--seed 0] [--overwrite]
 """
 
@@ -182,7 +182,7 @@ def cmd_compare(args) -> int:
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "model": args.model, "data_dir": args.data_dir,
                                    "eval_prompts": args.eval_prompts}.items() if v is not None}
     overrides |= _assignments(args.set, "--set")
-    compare(args.methods, out=args.out, work=args.work, **overrides)
+    compare(args.methods, out=args.out, work=args.work, seeds=tuple(args.seeds), workers=args.workers, **overrides)
     print(f"table and figures written to {args.out}")
     return 0
 
@@ -277,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", nargs="*", help="methods to sweep (default: every policy method)")
     compare.add_argument("--out", default="results/frontier", help="where the table and figures go")
     compare.add_argument("--work", default="runs/compare", help="run directories; finished points are reused")
+    compare.add_argument("--seeds", nargs="+", type=_count(0), default=[0, 1, 2],
+                         help="seeds of every point (default: 0 1 2)")
+    compare.add_argument("--workers", type=_count(1), default=1,
+                         help="points trained at once, in processes of one torch thread each (default 1)")
     compare.add_argument("--max-steps", type=_count(0), help="the same step budget for every point (default: STEPS)")
     compare.add_argument("--model", help="starting model: local directory or hub id (default data/reference)")
     compare.add_argument("--data-dir")

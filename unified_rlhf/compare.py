@@ -1,18 +1,21 @@
-"""The reward-KL frontier: every method over a few values of its main knob, on an equal budget of examples.
+"""The reward-KL frontier: every method over a few values of its main knob, three seeds each, on an equal budget.
 
-    unified-rlhf compare [--methods dpo kto ...] [--out results/frontier] [--work runs/compare]
+    unified-rlhf compare [--methods dpo kto ...] [--seeds 0 1 2] [--workers 2] [--out results/frontier]
 
-Each sweep point (a method and one value of its knob) is trained from the reference with the task's
-defaults for everything else, for the same budget of examples (`STEPS`: 100 steps of 32 rows offline,
-50 steps of 16 prompts x 4 samples online, so 3,200 rows or samples per point; SFT and C-RLFT keep
-their 64-row batches and read 6,400), and evaluated at four evenly spaced steps on held-out prompts:
-gold reward and KL(pi || pi_ref). Gradient updates and seconds differ between methods and are
-reported beside each point (`examples`, `updates`, `train_seconds`). A finished point is never trained
-again and an interrupted one resumes from its checkpoint, so the command can be stopped and re-run at will.
+Each sweep point (a method, one value of its knob, one seed) is trained from the reference with the task's
+defaults for everything else, for the same budget of examples (`STEPS`: 100 steps of 32 rows offline, 50 steps
+of 16 prompts x 4 samples online, so 3,200 rows or samples per point; SFT and C-RLFT keep their 64-row batches
+and read 6,400), and evaluated at ten evenly spaced steps on held-out prompts: gold reward and KL(pi || pi_ref).
+The online variants (`VARIANTS`: online DPO, semi-online DPO, online KTO and SimPO) train a paired or
+unpaired objective on the policy's own samples, labelled by the gold reward, at the online budget. Examples,
+gradient updates and seconds are reported beside each point (`examples`, `updates`, `train_seconds`). A
+finished point is never trained again and an interrupted one resumes from its checkpoint, so the command can
+be stopped and re-run at will; `workers` points train at once, one torch thread each.
 
-Writes to --out: `frontier.csv` (one row per point and evaluated step: method, knob, value, step, examples
-and updates used so far, gold reward, KL, win rate, training seconds, device), `frontier.md` (the best gold
-reward each method reaches within a few KL budgets) and the figures `frontier.png` and `best_within_kl.png`.
+Writes to --out: `frontier.csv` (one row per point, seed and evaluated step: method, knob, value, seed, step,
+examples and updates used so far, gold reward, KL, win rate, training seconds, device), `frontier.md` (the best
+gold reward each method reaches within a few KL budgets, selection-adjusted, with 95% intervals over seeds) and
+the figures `frontier.png` and `best_within_kl.png`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +51,20 @@ def twins() -> dict[str, str]:
 
 # An equal budget of examples: 100 x 32 rows offline, 50 x 64 samples online (3,200 each).
 STEPS = {"offline": 100, "online": 50}
-EVALUATIONS = 4  # evenly spaced, the last at the final step
+EVALUATIONS = 10  # evenly spaced, the last at the final step
+# each on one sample for each of the 64 held-out prompts: 640 samples a run, half the cost of two per prompt
+EVALUATION = {"eval_prompts": 64, "eval_samples": 1}
+SEEDS = (0, 1, 2)
 KL_BUDGETS = (1.0, 2.0, 5.0, 10.0, 20.0, math.inf)
+# Paired and unpaired objectives on the policy's own samples (TrainConfig.sampling; pairs: best against worst of
+# each prompt's group, labels: above or below the group's mean gold reward), listed under these names. They take the
+# online budget: 16 prompts x 4 samples a step, as PPO's, so the same samples as every online method.
+VARIANTS = {"online_dpo": ("dpo", "online"), "semi_online_dpo": ("dpo", "semi_online"), "online_kto": ("kto", "online"),
+            "online_simpo": ("simpo", "online")}
+ONLINE_BATCH = {"batch_size": 16, "samples_per_prompt": 4}
 # reference_gold_reward: the reference's gold reward on the same prompts as the point (C-RLFT's carry its tag)
-COLUMNS = ("method", "knob", "value", "step", "examples", "updates", "gold_reward", "kl", "kl_stderr", "win_rate",
-           "mean_length", "reference_gold_reward", "train_seconds", "device", "trained_as")
+COLUMNS = ("method", "knob", "value", "seed", "step", "examples", "updates", "gold_reward", "kl", "kl_stderr",
+           "win_rate", "mean_length", "reference_gold_reward", "train_seconds", "device", "trained_as")
 
 
 @dataclass(frozen=True)
@@ -59,35 +72,54 @@ class Point:
     method: str
     knob: str
     value: float
+    seed: int = 0
+    sampling: str = "offline"  # or online / semi_online: a paired or unpaired objective on its own samples
+
+    @property
+    def listed(self) -> str:
+        """The name its rows carry: the method, or its online variant's name (VARIANTS)."""
+        return self.method if self.sampling == "offline" else f"{self.sampling}_{self.method}"
 
     @property
     def name(self) -> str:
-        return f"{self.method}/{self.knob}={self.value:g}"
+        return f"{self.listed}/{self.knob}={self.value:g}/seed={self.seed}"
 
     def config(self, work: Path, **overrides):
         from .config import default_config
 
         obj = objectives.get(self.method)
-        steps = overrides.get("max_steps", STEPS["online" if obj.data == "online" else "offline"])
+        online = obj.data == "online" or self.sampling != "offline"
+        steps = overrides.get("max_steps", STEPS["online" if online else "offline"])
         every = max(1, math.ceil(steps / EVALUATIONS))
         values = {"max_steps": steps, "eval_every": every, "eval_at_start": False, "checkpoint_every": every,
-                  "progress": False,
-                  "out": str(work / self.method / f"{self.knob}={self.value:g}")} | overrides
+                  "progress": False, "seed": self.seed, **EVALUATION,
+                  "out": str(work / self.listed / f"{self.knob}={self.value:g}" / f"seed={self.seed}")}
+        if self.sampling != "offline":
+            values |= {"sampling": self.sampling, **ONLINE_BATCH}
+        values |= overrides
         if self.knob in obj.defaults:
             return default_config(self.method, hyperparameters={self.knob: self.value}, **values)
         return default_config(self.method, **({self.knob: self.value} | values))
 
 
-def plan(methods=None) -> list[Point]:
-    """The sweep's points in a fixed order; `methods` narrows it (aliases in SAME_AS map to their twin)."""
+def plan(methods=None, seeds=SEEDS) -> list[Point]:
+    """The sweep's points in a fixed order, every knob value of a method for each seed; `methods` narrows it
+    (aliases map to their twin; an online variant's name (VARIANTS) to its method sampled online)."""
     sweep, same_as = sweeps(), twins()
-    names = list(methods) if methods else list(sweep)
+    names = list(methods) if methods else [*sweep, *VARIANTS]
     for name in names:
+        if name in VARIANTS:
+            continue
         objectives.get(name)  # an unknown name fails here, listing the known ones
         if name not in sweep and name not in same_as:
             raise ValueError(f"{name} has no sweep: it trains a reward model, not a policy; sweepable: {list(sweep)}")
     trained = list(dict.fromkeys(same_as.get(name, name) for name in names))
-    return [Point(m, sweep[m][0], v) for m in trained for v in sweep[m][1]]
+    points = []
+    for name in trained:
+        method, sampling = VARIANTS.get(name, (name, "offline"))
+        knob, values = sweep[method]
+        points += [Point(method, knob, v, seed, sampling) for seed in seeds for v in values]
+    return points
 
 
 def device_name() -> str:
@@ -106,15 +138,24 @@ def finished(point: Point, work: Path, **overrides) -> bool:
 def run_point(point: Point, work: Path, **overrides) -> list[dict]:
     """Train one point unless it is finished (resuming from a checkpoint if it was interrupted), then
     return its rows: one per evaluated step."""
-    from .trainer import train
+    from . import trainer
 
     config = point.config(work, **overrides)
     out = Path(config.out)
     if not finished(point, work, **overrides):
         resume = (out / "checkpoint" / "trainer_state.pt").exists()
-        train(config, resume=resume, overwrite=not resume)
+        started = time.time()
+        trainer.train(config, resume=resume, overwrite=not resume)
         (out / "device.txt").write_text(device_name() + "\n")
+        with (out / "wall_seconds.txt").open("a") as file:  # training and evaluations, per (re)start
+            file.write(f"{time.time() - started:.1f}\n")
     return point_rows(point, out)
+
+
+def _run_in_worker(point: Point, work: Path, overrides: dict) -> list[dict]:
+    """run_point in a worker process, with one torch thread: the workers share the cores."""
+    torch.set_num_threads(1)
+    return run_point(point, work, **overrides)
 
 
 def budget(config: dict, step: int) -> dict:
@@ -132,7 +173,8 @@ def point_rows(point: Point, out: Path, listed_as: str | None = None) -> list[di
         elapsed += row["seconds"]
         seconds[row["step"]] = elapsed
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").exists() else ""
-    return [{"method": listed_as or point.method, "knob": point.knob, "value": point.value, "step": e["step"],
+    return [{"method": listed_as or point.listed, "knob": point.knob, "value": point.value, "seed": point.seed,
+             "step": e["step"],
              **budget(config, e["step"]), "gold_reward": e["gold_reward"], "kl": e["kl"], "kl_stderr": e["kl_stderr"],
              "win_rate": e["win_rate"], "mean_length": e["mean_length"],
              "reference_gold_reward": e["reference_gold_reward"],
@@ -149,16 +191,16 @@ def reference_row(work: Path, **overrides) -> dict:
 
     path = work / "reference.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return {"seed": 0} | json.loads(path.read_text())
     # every point shares these fields (model, data, evaluation settings): the TrainConfig defaults,
     # with the sweep's overrides; "sft" only stands in for the method field, which is not read here
-    config = TrainConfig(method="sft", **{k: v for k, v in overrides.items() if k != "max_steps"})
+    config = TrainConfig(method="sft", **(EVALUATION | {k: v for k, v in overrides.items() if k != "max_steps"}))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(config.model).to(device)
     result = evaluate.evaluate_held_out(model, model, load_tokenizer(config.model), config.data_dir,
                                         prompts=config.eval_prompts, samples_per_prompt=config.eval_samples,
                                         max_new_tokens=config.max_new_tokens, seed=config.seed)
-    row = {"method": "reference", "knob": "", "value": "", "step": 0, "examples": 0, "updates": 0,
+    row = {"method": "reference", "knob": "", "value": "", "seed": config.seed, "step": 0, "examples": 0, "updates": 0,
            "gold_reward": result["gold_reward"],
            "kl": 0.0, "kl_stderr": 0.0, "win_rate": 0.5, "mean_length": result["mean_length"],
            "reference_gold_reward": result["reference_gold_reward"], "train_seconds": 0.0,
@@ -168,32 +210,64 @@ def reference_row(work: Path, **overrides) -> dict:
     return row
 
 
-def compare(methods=None, out="results/frontier", work="runs/compare", progress: bool = True,
-            **overrides) -> list[dict]:
+def compare(methods=None, out="results/frontier", work="runs/compare", progress: bool = True, seeds=SEEDS,
+            workers: int = 1, **overrides) -> list[dict]:
     """Run (or finish) the sweep and write the table and figures. `overrides` are TrainConfig fields
-    applied to every point (model, data_dir, eval_prompts, ...; max_steps changes the budget)."""
+    applied to every point (model, data_dir, eval_prompts, ...; max_steps changes the budget). With
+    workers > 1 the points train in that many processes (spawned, one torch thread each), the slowest first."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     from tqdm.auto import tqdm
 
     out, work = Path(out), Path(work)
-    points = plan(methods)
-    wanted = set(methods or [*sweeps(), *twins()])
-    rows = [reference_row(work, **overrides)]
-    bar = tqdm(points, desc="sweep", unit="point", disable=not progress)
-    for point in bar:
-        bar.set_postfix_str(point.name)
-        skipped = finished(point, work, **overrides)
-        started = time.time()
-        point_result = run_point(point, work, **overrides)
-        if point.method in wanted:
-            rows += point_result
+    points = plan(methods, seeds)
+    wanted = set(methods or [*sweeps(), *twins(), *VARIANTS])
+    results = {}
+    bar = tqdm(total=len(points), desc="sweep", unit="point", disable=not progress)
+
+    def collect(point: Point, point_result: list[dict], note: str):
+        rows = point_result if point.listed in wanted else []
         rows += [r for alias, twin in twins().items() if twin == point.method and alias in wanted
                  for r in point_rows(point, Path(point.config(work, **overrides).out), listed_as=alias)]
+        results[point] = rows
         last = point_result[-1]
-        bar.write(f"{point.name:36s} gold {last['gold_reward']:.3f}  KL {last['kl']:6.2f}  "
-                  f"{'(done before)' if skipped else f'{time.time() - started:.0f} s'}")
-        write_table(rows, out)  # after every point, so an interrupted sweep leaves a table of what it has
+        bar.write(f"{point.name:44s} gold {last['gold_reward']:.3f}  KL {last['kl']:6.2f}  {note}")
+        bar.update(1)
+        write_table(table_rows(), out)  # after every point, so an interrupted sweep leaves a table of what it has
+
+    def table_rows():
+        return [reference_row(work, **overrides)] + [r for p in points if p in results for r in results[p]]
+
+    todo = []
+    for point in points:
+        if finished(point, work, **overrides):
+            collect(point, run_point(point, work, **overrides), "(done before)")
+        else:
+            todo.append(point)
+    if workers <= 1:
+        for point in todo:
+            started = time.time()
+            collect(point, run_point(point, work, **overrides), f"{time.time() - started:.0f} s")
+    else:
+        reference_row(work, **overrides)  # once, before the workers start
+        todo.sort(key=_expected_cost, reverse=True)  # the longest first, so no worker is left with one at the end
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            started = {pool.submit(_run_in_worker, p, work, overrides): (p, time.time()) for p in todo}
+            for future in as_completed(started):
+                point, began = started[future]
+                collect(point, future.result(), f"{time.time() - began:.0f} s (finished)")
+    bar.close()
+    rows = table_rows()
     write_results(rows, out)
     return rows
+
+
+def _expected_cost(point: Point) -> float:
+    """Rough seconds of a point on one CPU thread, to order the work: TRPO's conjugate gradient, then the
+    methods that sample, then the offline ones."""
+    obj = objectives.get(point.method)
+    return 3.0 if point.method == "trpo" else 1.5 if obj.data == "online" or point.sampling != "offline" else 1.0
 
 
 # ============================================================================================ results
@@ -219,7 +293,8 @@ def read_table(path) -> list[dict]:
 
 
 def best_within(rows: list[dict], budget: float) -> dict[str, dict]:
-    """Per method, the row with the highest gold reward among those with KL at most `budget`."""
+    """Per method, the row with the highest gold reward among those with KL at most `budget` (one seed's rows, or
+    summarise()'s means; with several seeds, best_within_adjusted says what the pick is worth)."""
     best = {}
     for row in rows:
         if row["method"] != "reference" and row["kl"] <= budget:
@@ -228,22 +303,96 @@ def best_within(rows: list[dict], budget: float) -> dict[str, dict]:
     return best
 
 
+# t_{0.975, df}: a 95% interval for the mean of n = df + 1 values is mean +- t sd / sqrt(n) (tests/test_compare.py
+# checks these against SymPy's Student t distribution); beyond the table, the normal quantile
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def interval(values) -> tuple[float, float]:
+    """The mean of `values` and the half-width of its 95% t-interval (0 for a single value: no spread to measure)."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    df = len(values) - 1
+    t = T975.get(df) or next((T975[d] for d in sorted(T975) if d >= df), 1.960)
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per method, knob value and step: gold reward, KL, win rate, length and seconds averaged over the
+    seeds, with the 95% half-widths `gold_ci` and `kl_ci` and the number of seeds `n` (the reference as it is)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["value"], row["step"]), []).append(row)
+    summary = []
+    for members in groups.values():
+        gold, gold_ci = interval(r["gold_reward"] for r in members)
+        kl, kl_ci = interval(r["kl"] for r in members)
+        means = {k: sum(r[k] for r in members) / len(members) for k in ("win_rate", "mean_length", "train_seconds")}
+        summary.append(members[0] | means | {"seed": "", "gold_reward": gold, "gold_ci": gold_ci, "kl": kl,
+                                             "kl_ci": kl_ci, "n": len(members)})
+    return summary
+
+
+def best_within_adjusted(rows: list[dict], budget: float) -> dict[str, dict]:
+    """Per method, the best gold reward within a KL budget, corrected for picking the best of many settings.
+
+    The best of a method's (knob value, step) settings, judged on the same runs that report it, is biased upward:
+    with thirty noisy settings the luckiest one wins. So each seed is held out in turn: the setting with the
+    highest mean gold reward over the *other* seeds, among those whose mean KL there is within the budget, is
+    picked, and the held-out seed's run at that setting is what counts. Returns per method the mean and 95%
+    interval of those held-out values (gold_reward, gold_ci; kl, kl_ci), the settings picked (`choices`), and `n`.
+    With one seed there is nothing to hold out: the plain best, with no interval."""
+    by_method = {}  # method -> seed -> {(value, step): row}
+    for row in rows:
+        if row["method"] != "reference":
+            by_method.setdefault(row["method"], {}).setdefault(row["seed"], {})[(row["value"], row["step"])] = row
+    best = {}
+    for method, seeds in by_method.items():
+        settings = sorted(set.intersection(*(set(runs) for runs in seeds.values())))
+        held_out = []
+        for seed, runs in seeds.items():
+            others = [seeds[s] for s in seeds if s != seed] or [runs]
+            kl = {c: sum(o[c]["kl"] for o in others) / len(others) for c in settings}
+            gold = {c: sum(o[c]["gold_reward"] for o in others) / len(others) for c in settings}
+            within = [c for c in settings if kl[c] <= budget]
+            if not within:
+                break
+            choice = max(within, key=gold.get)  # ties: the first, in sorted order
+            held_out.append((choice, runs[choice]))
+        else:
+            gold, gold_ci = interval(r["gold_reward"] for _, r in held_out)
+            kl, kl_ci = interval(r["kl"] for _, r in held_out)
+            best[method] = {"method": method, "knob": held_out[0][1]["knob"], "gold_reward": gold, "gold_ci": gold_ci,
+                            "kl": kl, "kl_ci": kl_ci, "choices": [c for c, _ in held_out], "n": len(held_out)}
+    return best
+
+
 def budget_table(rows: list[dict], budgets=KL_BUDGETS) -> str:
-    """Markdown: the best gold reward each method reaches within each KL budget (and the knob value)."""
+    """Markdown: per method, the selection-adjusted best gold reward within each KL budget with its 95% interval
+    (best_within_adjusted), then what a run used: examples, updates and training seconds."""
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "reference"))
     reference = next((r["gold_reward"] for r in rows if r["method"] == "reference"), None)
-    best = {b: best_within(rows, b) for b in budgets}
+    best = {b: best_within_adjusted(rows, b) for b in budgets}
     label = [("any KL" if math.isinf(b) else f"KL ≤ {b:g}") for b in budgets]
-    lines = [f"| method | {' | '.join(label)} | seconds per run |", "|---|" + "---|" * (len(budgets) + 1)]
+    lines = [f"| method | {' | '.join(label)} | knob picked (any KL) | examples | updates | seconds per run |",
+             "|---|" + "---|" * (len(budgets) + 4)]
     for m in sorted(methods, key=lambda m: -best[budgets[-1]].get(m, {"gold_reward": 0})["gold_reward"]):
-        cells = []
-        for b in budgets:
-            row = best[b].get(m)
-            cells.append(f"{row['gold_reward']:.2f} ({row['knob']}={row['value']:g})" if row else "–")
-        seconds = max(r["train_seconds"] for r in rows if r["method"] == m)
-        lines.append(f"| {m} | {' | '.join(cells)} | {seconds:.0f} |")
+        cells = [f"{best[b][m]['gold_reward']:.2f} ± {best[b][m]['gold_ci']:.2f}" if m in best[b] else "–"
+                 for b in budgets]
+        top = best[budgets[-1]].get(m)
+        picked = ", ".join(sorted({f"{v:g}" for v, _ in top["choices"]})) if top else "–"
+        last = [r for r in rows if r["method"] == m and r["step"] == max(x["step"] for x in rows if x["method"] == m)]
+        seconds = sum(r["train_seconds"] for r in last) / len(last)
+        lines.append(f"| {m} | {' | '.join(cells)} | {last[0]['knob']}: {picked} | {last[0]['examples']:.0f} | "
+                     f"{last[0]['updates']:.0f} | {seconds:.0f} |")
+    seeds = sorted({r["seed"] for r in rows if r["method"] != "reference"})
+    lines.append(f"\nMean ± 95% interval over {len(seeds)} seeds of the held-out seed's gold reward at the setting "
+                 "(knob value and step) the other seeds pick; – : no setting within the budget.")
     if reference is not None:
-        lines.append(f"\nReference policy: gold reward {reference:.3f} at KL 0.")
+        lines.append(f"Reference policy: gold reward {reference:.3f} at KL 0.")
     return "\n".join(lines)
 
 
@@ -270,15 +419,25 @@ def reference_free(method: str) -> bool:
     return not objectives.get(method).reads_reference
 
 
+VARIANTS_PANEL = "online against offline: DPO, PPO-clip and the online variants"
+
+
 def groups(rows: list[dict]) -> dict[str, list[str]]:
-    """The frontier's panels: title -> the methods of `rows` in that group, in order of appearance."""
+    """The frontier's panels: title -> the methods of `rows` in that group, in order of appearance. The online
+    variants (VARIANTS) have a panel of their own, beside offline DPO and PPO-clip."""
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "reference"]
-    return {title: [m for m in methods if belongs(objectives.get(m))] for title, belongs in GROUPS.items()}
+    panels = {title: [m for m in methods if m not in VARIANTS and belongs(objectives.get(m))]
+              for title, belongs in GROUPS.items()}
+    if any(m in VARIANTS for m in methods):
+        panels[VARIANTS_PANEL] = [m for m in ("dpo", "ppo_clip") if m in methods] + [m for m in methods
+                                                                                  if m in VARIANTS]
+    return panels
 
 
 def best_grid(rows: list[dict], budgets=KL_BUDGETS) -> dict[str, dict[float, float]]:
-    """method -> {budget: best gold reward within it}, methods ordered by their best at the last budget."""
-    best = {b: best_within(rows, b) for b in budgets}
+    """method -> {budget: selection-adjusted best gold reward within it}, methods ordered by their best at the last
+    budget."""
+    best = {b: best_within_adjusted(rows, b) for b in budgets}
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "reference"))
     methods.sort(key=lambda m: -best[budgets[-1]].get(m, {"gold_reward": 0})["gold_reward"])
     return {m: {b: best[b][m]["gold_reward"] for b in budgets if m in best[b]} for m in methods}
@@ -291,7 +450,8 @@ def write_results(rows: list[dict], out) -> None:
     write_table(rows, out)
     (out / "frontier.md").write_text("# Best gold reward within a KL budget\n\n" + budget_table(rows) + "\n")
     reference = next((r["gold_reward"] for r in rows if r["method"] == "reference"), None)
-    figures = {"frontier.png": plots.plot_frontier_panels(rows, groups(rows), reference),
+    means = summarise(rows)
+    figures = {"frontier.png": plots.plot_frontier_panels(means, groups(means), reference),
                "best_within_kl.png": plots.plot_best_within(best_grid(rows), KL_BUDGETS)}
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=110)

@@ -95,17 +95,26 @@ KL_LABEL = "KL($\\pi\\,\\|\\,\\pi_{ref}$), nats per completion"
 
 def plot_frontier(rows: list[dict], ax=None, methods=None, reference: float | None = None, title: str = ""):
     """Gold reward against KL(pi || pi_ref): every evaluated point of each method (faint), joined along
-    the method's envelope (the best reward at each KL), one colour and marker per method. `methods`
+    the method's envelope (the best reward at each KL), one colour and marker per method; rows with
+    intervals (compare.summarise) draw them on the envelope's points. `methods`
     picks and orders them (default: all, in order of appearance); `reference` draws the reference
     policy's reward as a dashed line. The KL axis is linear below 1 nat and logarithmic above."""
     ax = _axes(ax)
-    by_method = defaultdict(list)
+    by_method, intervals = defaultdict(list), {}
     for row in rows:
-        by_method[row["method"]].append((float(row["kl"]), float(row["gold_reward"])))
+        point = (float(row["kl"]), float(row["gold_reward"]))
+        by_method[row["method"]].append(point)
+        if "gold_ci" in row:  # summarised rows (compare.summarise): means over seeds with 95% half-widths
+            intervals[(row["method"], point)] = (float(row["kl_ci"]), float(row["gold_ci"]))
     for i, method in enumerate(methods or [m for m in by_method if m != "reference"]):
         style = dict(color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)])
         ax.scatter(*zip(*by_method[method]), s=14, alpha=0.35, **style)
-        ax.plot(*zip(*pareto(by_method[method])), label=method, markersize=5, **style)
+        envelope = pareto(by_method[method])
+        ax.plot(*zip(*envelope), label=method, markersize=5, **style)
+        bars = [(p, intervals[(method, p)]) for p in envelope if (method, p) in intervals]
+        if bars:  # the envelope's points with their intervals over seeds, both ways
+            (xs, ys), (xerr, yerr) = zip(*(p for p, _ in bars)), zip(*(e for _, e in bars))
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=style["color"], alpha=0.5, linewidth=0.8)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="reference")
     ax.set_xscale("symlog", linthresh=1.0)
