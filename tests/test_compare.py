@@ -123,6 +123,12 @@ def test_the_adjusted_best_pays_for_picking_a_lucky_setting():
     assert adjusted["gold_reward"] == pytest.approx(0.65) and adjusted["gold_ci"] > 0.5
     within = compare.best_within_adjusted(rows, 1.0)  # b has no setting with KL <= 1
     assert within.keys() == {"a"} and within["a"]["choices"] == [(0.5, 10)] * 3
+    # b is a's frontier 0.1 lower: held out seed by seed, a picks (12, 0.5, 0.5), b picks 12 every time (0.85)
+    ahead = compare.gap(rows, "a", "b")
+    assert ahead["gap"] == pytest.approx((0.95 + 0.5 + 0.5) / 3 - 0.85) and not ahead["resolved"]
+    assert compare.gap(rows, "a", "b", budget=1.0) is None
+    steady = compare.gap(_rows(seeds=(0, 1, 2), noise={k: 0.01 * k[0] for k in noise}), "a", "b")
+    assert steady["gap"] == pytest.approx(0.1) and steady["ci"] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.fixture

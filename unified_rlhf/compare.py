@@ -343,7 +343,8 @@ def best_within_adjusted(rows: list[dict], budget: float) -> dict[str, dict]:
     with thirty noisy settings the luckiest one wins. So each seed is held out in turn: the setting with the
     highest mean gold reward over the *other* seeds, among those whose mean KL there is within the budget, is
     picked, and the held-out seed's run at that setting is what counts. Returns per method the mean and 95%
-    interval of those held-out values (gold_reward, gold_ci; kl, kl_ci), the settings picked (`choices`), and `n`.
+    interval of those held-out values (gold_reward, gold_ci; kl, kl_ci), the settings picked (`choices`), `n`,
+    and the held-out rows by seed (`held_out`).
     With one seed there is nothing to hold out: the plain best, with no interval."""
     by_method = {}  # method -> seed -> {(value, step): row}
     for row in rows:
@@ -366,8 +367,23 @@ def best_within_adjusted(rows: list[dict], budget: float) -> dict[str, dict]:
             gold, gold_ci = interval(r["gold_reward"] for _, r in held_out)
             kl, kl_ci = interval(r["kl"] for _, r in held_out)
             best[method] = {"method": method, "knob": held_out[0][1]["knob"], "gold_reward": gold, "gold_ci": gold_ci,
-                            "kl": kl, "kl_ci": kl_ci, "choices": [c for c, _ in held_out], "n": len(held_out)}
+                            "kl": kl, "kl_ci": kl_ci, "choices": [c for c, _ in held_out], "n": len(held_out),
+                            "held_out": {r["seed"]: r for _, r in held_out}}
     return best
+
+
+def gap(rows: list[dict], first: str, second: str, budget: float = math.inf) -> dict | None:
+    """How far `first` is ahead of `second` within a KL budget: the difference of their selection-adjusted bests
+    (best_within_adjusted), paired by held-out seed (seed s of one against seed s of the other, so whatever a seed
+    shares between methods, such as the order of the offline rows, cancels), with its 95% t-interval: `gap`, `ci`,
+    and `resolved` when the interval excludes 0. None if either has no setting within the budget."""
+    best = best_within_adjusted([r for r in rows if r["method"] in (first, second)], budget)
+    if first not in best or second not in best:
+        return None
+    one, other = best[first]["held_out"], best[second]["held_out"]
+    seeds = sorted(one.keys() & other.keys())
+    mean, ci = interval(one[s]["gold_reward"] - other[s]["gold_reward"] for s in seeds)
+    return {"gap": mean, "ci": ci, "resolved": abs(mean) > ci > 0, "first": best[first], "second": best[second]}
 
 
 def budget_table(rows: list[dict], budgets=KL_BUDGETS) -> str:
