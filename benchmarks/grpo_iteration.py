@@ -27,11 +27,11 @@ completion logging off.
 
 What cannot be made equal: (1) the samples. Each side draws its own tokens, so completion lengths differ a little
 (the mean is printed beside samples/s). (2) TRL samples with transformers' generate (its logits processors and
-stopping criteria each token); ours with evaluate.sample, a loop over one KV-cached forward per token. (3) With
-num_iterations=1 TRL skips the old-policy forward (the update's own log-probs, detached, are pi_old); ours runs
-it during the rollout. (4) TRL computes per-token entropies in the update's forward (for its metrics); ours logs
-KL(pi_old || pi) after the update, with one more forward of the policy. (5) The learning-rate warm-up: TRL's
-constant_with_warmup starts at 0, ours at lr / warmup_steps (the same compute).
+stopping criteria each token); ours with evaluate.sample, a loop over one forward per token with a static KV cache.
+(3) Ours packs every forward's sequences into shared rows (TrainConfig.packing); TRL pads them. (4) TRL computes
+per-token entropies in the update's forward (for its metrics). (5) The learning-rate warm-up: TRL's
+constant_with_warmup starts at 0, ours at lr / warmup_steps (the same compute). Like TRL with num_iterations=1, ours
+takes pi_old from the update's own forward and runs no forward after the update.
 
 Each side runs in its own subprocess, so peak memory (ru_maxrss on CPU, max_memory_allocated on CUDA) is its own;
 "above baseline" subtracts the libraries and one load of the model. samples/s counts the completions generated

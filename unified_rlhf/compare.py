@@ -286,6 +286,7 @@ def read_table(path) -> list[dict]:
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
+        row.setdefault("seed", "0")  # a table of the one-seed sweep, before seeds were a column
         for key in numeric:
             row[key] = float(row[key])
         row["value"] = float(row["value"]) if row["value"] else ""
