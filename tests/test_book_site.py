@@ -46,7 +46,7 @@ INSTALL_HELP = ("this test reads the book's site in headless Chromium, and none 
 # The sidebar's parts, as the README's chapter table groups the chapters (by their number).
 PARTS = {"The idea": range(0, 2), "Part I: imitation and reinforcement learning": range(2, 8),
          "Part II: reward models, direct alignment, unpaired feedback": range(8, 17),
-         "Part III: comparison": range(17, 20)}
+         "Part III: comparison": range(17, 19), "Appendix: solutions to the exercises": range(19, 30)}
 PAGE_TIMEOUT = 30.0
 
 # What a page shows once loaded and typeset. Text inside code, and MathJax's own output, is not prose.
