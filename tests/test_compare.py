@@ -176,3 +176,10 @@ def test_workers_train_the_missing_seeds_in_processes_of_their_own(tiny):
     seeds = {r["seed"]: r["gold_reward"] for r in rows if r["method"] == "dpo" and r["step"] == 2}
     assert len(set(seeds.values())) > 1  # different seeds, different runs
     assert "over 3 seeds" in (tiny["out"] / "frontier.md").read_text()
+
+
+def test_a_run_of_other_settings_in_the_work_directory_is_refused_not_reused(tiny):
+    compare.compare(["dpo"], **tiny)
+    with pytest.raises(ValueError, match=r"holds a run of dpo/beta=0.1/seed=0 with other settings: lr"):
+        compare.compare(["dpo"], **(tiny | {"lr": 1e-3}))
+    assert compare.compare(["dpo"], **(tiny | {"eval_prompts": 4}))  # the same settings: reused

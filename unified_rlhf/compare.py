@@ -129,8 +129,21 @@ def device_name() -> str:
 
 
 def finished(point: Point, work: Path, **overrides) -> bool:
+    """Whether the point's run is complete. A run directory that holds a run of other settings (another reward
+    model, learning rate, data, ...) is refused by name, never reused: the work directory names a run by method,
+    knob value and seed only."""
     config = point.config(work, **overrides)
     out = Path(config.out)
+    if (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        wanted = json.loads(json.dumps(config.to_dict()))
+        from .config import extendable_fields
+
+        differ = [f"{k} ({saved.get(k)!r} there, {v!r} here)" for k, v in wanted.items()
+                  if k not in extendable_fields() and saved.get(k) != v]
+        if differ:
+            raise ValueError(f"{out} holds a run of {point.name} with other settings: {'; '.join(differ)}. Give this "
+                             "sweep its own work directory (--work), or remove that run")
     evals = read_jsonl(out / "eval.jsonl")
     return (out / "model").is_dir() and bool(evals) and evals[-1]["step"] == config.max_steps
 
@@ -232,7 +245,8 @@ def compare(methods=None, out="results/frontier", work="runs/compare", progress:
                  for r in point_rows(point, Path(point.config(work, **overrides).out), listed_as=alias)]
         results[point] = rows
         last = point_result[-1]
-        bar.write(f"{point.name:44s} gold {last['gold_reward']:.3f}  KL {last['kl']:6.2f}  {note}")
+        if progress:
+            bar.write(f"{point.name:44s} gold {last['gold_reward']:.3f}  KL {last['kl']:6.2f}  {note}")
         bar.update(1)
         write_table(table_rows(), out)  # after every point, so an interrupted sweep leaves a table of what it has
 
