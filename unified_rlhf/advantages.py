@@ -64,7 +64,7 @@ class Rollout:
 # trainer defers that forward this way: with one update per rollout, the update's own forward (detached) gives
 # these log-probs, so nothing computes them twice unless something (an estimator, a callback) reads them first.
 def _read_old(rollout) -> torch.Tensor:
-    if callable(rollout._old) and not isinstance(rollout._old, torch.Tensor):
+    if not isinstance(rollout._old, torch.Tensor):
         rollout._old = rollout._old()
     return rollout._old
 

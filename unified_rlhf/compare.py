@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import objectives, plots
+from .config import extendable_fields
 from .data import read_jsonl
 from .plots import pareto  # noqa: F401  (the frontier's envelope; chapters call it as compare.pareto)
 
@@ -137,8 +138,6 @@ def finished(point: Point, work: Path, **overrides) -> bool:
     if (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text())
         wanted = json.loads(json.dumps(config.to_dict()))
-        from .config import extendable_fields
-
         differ = [f"{k} ({saved.get(k)!r} there, {v!r} here)" for k, v in wanted.items()
                   if k not in extendable_fields() and saved.get(k) != v]
         if differ:
@@ -278,10 +277,10 @@ def compare(methods=None, out="results/frontier", work="runs/compare", progress:
 
 
 def _expected_cost(point: Point) -> float:
-    """Rough seconds of a point on one CPU thread, to order the work: TRPO's conjugate gradient, then the
-    methods that sample, then the offline ones."""
+    """Rough cost of a point, to order the work: a record that takes its own step (TRPO's conjugate gradient, about
+    ten times a PPO point), then the methods that sample, then the offline ones."""
     obj = objectives.get(point.method)
-    return 3.0 if point.method == "trpo" else 1.5 if obj.data == "online" or point.sampling != "offline" else 1.0
+    return 10.0 if obj.takes_own_step else 1.5 if obj.data == "online" or point.sampling != "offline" else 1.0
 
 
 # ============================================================================================ results
@@ -319,7 +318,7 @@ def best_within(rows: list[dict], budget: float) -> dict[str, dict]:
 
 
 # t_{0.975, df}: a 95% interval for the mean of n = df + 1 values is mean +- t sd / sqrt(n) (tests/test_compare.py
-# checks these against SymPy's Student t distribution); beyond the table, the normal quantile
+# checks these against SymPy's Student t distribution); between and beyond the entries, the next smaller df's (wider)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         15: 2.131, 20: 2.086, 30: 2.042}
 
@@ -330,8 +329,7 @@ def interval(values) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, 0.0
-    df = len(values) - 1
-    t = T975.get(df) or next((T975[d] for d in sorted(T975) if d >= df), 1.960)
+    t = T975[max(df for df in T975 if df <= len(values) - 1)]
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
@@ -415,7 +413,9 @@ def budget_table(rows: list[dict], budgets=KL_BUDGETS) -> str:
                  for b in budgets]
         top = best[budgets[-1]].get(m)
         picked = ", ".join(sorted({f"{v:g}" for v, _ in top["choices"]})) if top else "–"
-        last = [r for r in rows if r["method"] == m and r["step"] == max(x["step"] for x in rows if x["method"] == m)]
+        own = [r for r in rows if r["method"] == m]
+        final = max(r["step"] for r in own)
+        last = [r for r in own if r["step"] == final]
         seconds = sum(r["train_seconds"] for r in last) / len(last)
         lines.append(f"| {m} | {' | '.join(cells)} | {last[0]['knob']}: {picked} | {last[0]['examples']:.0f} | "
                      f"{last[0]['updates']:.0f} | {seconds:.0f} |")

@@ -120,8 +120,7 @@ class Trainer:
         # policy_kl_old, KL(pi_old || pi) after a step's update, costs one more forward: it is measured when the step
         # is more than one plain optimiser update (several epochs, TRPO's own step) or a hook reads it (PPO's beta)
         self.measures_update_kl = self.kind == "online" and obj.data == "online" and (
-            cfg.update_epochs > 1 or any(h.reads_update_kl or type(h).update is not objectives.Hook.update
-                                         for h in obj.hooks))
+            cfg.update_epochs > 1 or obj.takes_own_step or any(h.reads_update_kl for h in obj.hooks))
         self.step = 0
         self.state = {}  # what estimators and hooks keep between steps (a running baseline, PPO's beta)
         self.checkpoint_step = None  # the step of the checkpoint on disk, once there is one

@@ -150,6 +150,11 @@ class Objective:
     def weights(self, batch: dict, **hyperparameters) -> tuple:
         return self(batch, **hyperparameters).weights
 
+    @property
+    def takes_own_step(self) -> bool:
+        """A hook of the record takes the policy's update in place of the optimiser (TRPO's natural gradient)."""
+        return any(type(hook).update is not Hook.update for hook in self.hooks)
+
 
 class Hook:
     """Per-method behaviour that is not a loss. The trainer calls every hook of the objective at these
