@@ -40,6 +40,8 @@ def test_online_variants_train_their_objective_on_its_own_samples_at_the_online_
     assert online_dpo.max_steps * online_dpo.batch_size * online_dpo.samples_per_prompt == \
         ppo.max_steps * ppo.batch_size * ppo.samples_per_prompt  # the same samples as PPO
     assert "online_dpo" in online_dpo.out and "seed=1" in online_dpo.out
+    for config, updates in ((online_dpo, 50), (ppo, 50 * ppo.update_epochs)):  # completions sampled: 3,200 each
+        assert compare.budget(config.to_dict(), 50) == {"examples": 3200, "updates": updates}, config.method
     assert compare.VARIANTS_PANEL in compare.groups([{"method": "online_dpo"}, {"method": "dpo"}])
 
 

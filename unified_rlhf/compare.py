@@ -171,10 +171,12 @@ def _run_in_worker(point: Point, work: Path, overrides: dict) -> list[dict]:
 
 
 def budget(config: dict, step: int) -> dict:
-    """What a run has used by `step`: examples read (rows offline, sampled completions online) and
-    optimiser updates (online methods take `update_epochs` passes over each batch of samples)."""
+    """What a run has used by `step`: examples read (rows offline; completions sampled and scored online, also for
+    a paired or unpaired objective on its own samples) and optimiser updates (online RL methods take
+    `update_epochs` passes over each batch of samples)."""
     online = objectives.get(config["method"]).data == "online"
-    per_step = config["batch_size"] * (config["samples_per_prompt"] if online else 1)
+    samples = online or config.get("sampling", "offline") != "offline"
+    per_step = config["batch_size"] * (config["samples_per_prompt"] if samples else 1)
     return {"examples": step * per_step, "updates": step * (config["update_epochs"] if online else 1)}
 
 
