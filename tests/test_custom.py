@@ -44,6 +44,11 @@ def test_wrong_closed_weights_are_caught_and_naive_softplus_is_flagged():
     result = verify.verify(right)
     assert result.symbolic == ("symbolic", "symbolic") and result.scalar < 1e-12 and result.model < 1e-12
     assert result.extreme == float("inf") and not result.passed  # log(1 + e^1000) overflows: say so
+    bounded = objective_from_sympy("naive_bounded", sp.log(1 + sp.exp(-delta)), max_log_ratio=30.0,
+                                   closed_weights=[1 / (1 + sp.exp(delta))] * 2)
+    assert bounded.max_log_ratio == 30.0 and verify.verify(bounded).passed  # finite over the range it claims
+    with pytest.raises(ValueError, match="max_log_ratio must be positive"):
+        objective_from_sympy("x", sp.log(1 + sp.exp(-delta)), max_log_ratio=0)
     wrong = objective_from_sympy("bad", sp.log(1 + sp.exp(-delta)), closed_weights=[1 / (1 + sp.exp(-delta))] * 2)
     result = verify.verify(wrong)
     assert "FAILED" in result.symbolic and result.scalar > 1e-3

@@ -53,14 +53,21 @@ def _data_of(shape: str, names: set) -> str:
 def objective_from_sympy(name: str, loss, defaults: dict | None = None, closed_weights=None,
                          family: str = "custom", data: str | None = None, paper: str = "user-defined",
                          register: bool = False, overwrite: bool = False,
-                         ranges: dict | None = None) -> objectives.Objective:
+                         ranges: dict | None = None, max_log_ratio: float = 1e3) -> objectives.Objective:
     """Build (and optionally register) an Objective whose weights are derived from `loss`.
 
     defaults: {hyperparameter name: value} for every symbol that is not a shared variable.
     ranges: {hyperparameter name: interval} where a value outside (0, inf) is meaningful, e.g.
     {"margin": "[0, inf)"} (hyperparameters are positive symbols in the derivation, so (0, inf) is the default).
     closed_weights: optional hand-written weights, which verification then proves equal to the
-    derived ones; without them the derived weights are the closed form."""
+    derived ones; without them the derived weights are the closed form, compiled as SymPy writes them (so a form
+    that overflows at large margins, such as 1 - tanh(x)^2, fails verify's extreme check until a stable one is
+    given here).
+    max_log_ratio: the |log-ratio| (or margin) range over which the loss is meant to stay finite, in float32 too; a
+    loss with exp(log-ratio) in it (a ratio of policies, as PPO's) overflows beyond about 88 and takes a smaller one,
+    which verify's extreme check then uses."""
+    if not max_log_ratio > 0:
+        raise ValueError(f"{name}: max_log_ratio must be positive, got {max_log_ratio}")
     defaults = dict(defaults or {})
     loss = sp.sympify(loss)
     # match symbols by name: shared variables get the package's symbols, the rest become hyperparameters
@@ -98,7 +105,7 @@ def objective_from_sympy(name: str, loss, defaults: dict | None = None, closed_w
     obj = objectives.Objective(
         name=name, formula=formula, shape=shape, family=family, data=data or _data_of(shape, names),
         paper=paper, defaults={h: (float(defaults[h]), "user") for h in hyper_names}, ranges=dict(ranges or {}),
-        note="derived from a user-supplied SymPy loss")
+        max_log_ratio=float(max_log_ratio), note="derived from a user-supplied SymPy loss")
     if register:
         objectives.register(obj, overwrite=overwrite)
     return obj
