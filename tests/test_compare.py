@@ -168,6 +168,13 @@ def test_tiny_sweep_writes_table_and_figures_and_reuses_finished_points(tiny, mo
     assert calls == [True]  # resumed from its checkpoint, not started over
 
 
+def test_an_alias_lists_its_twins_offline_runs_only(tiny):
+    rows = compare.compare(["dpo", "gpo_logistic", "online_dpo"], **tiny)
+    listed = {m: [(r["seed"], r["step"], r["gold_reward"]) for r in rows if r["method"] == m]
+              for m in ("dpo", "gpo_logistic", "online_dpo")}
+    assert listed["gpo_logistic"] == listed["dpo"] and len(listed["online_dpo"]) == len(listed["dpo"]) == 2
+
+
 def test_workers_train_the_missing_seeds_in_processes_of_their_own(tiny):
     compare.compare(["dpo"], **tiny)  # seed 0 in this process
     rows = compare.compare(["dpo"], **(tiny | {"seeds": (0, 1, 2), "workers": 2}))

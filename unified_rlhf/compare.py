@@ -242,8 +242,9 @@ def compare(methods=None, out="results/frontier", work="runs/compare", progress:
 
     def collect(point: Point, point_result: list[dict], note: str):
         rows = point_result if point.listed in wanted else []
-        rows += [r for alias, twin in twins().items() if twin == point.method and alias in wanted
-                 for r in point_rows(point, Path(point.config(work, **overrides).out), listed_as=alias)]
+        if point.sampling == "offline":  # an alias lists its twin's offline runs, not an online variant's
+            rows += [r for alias, twin in twins().items() if twin == point.method and alias in wanted
+                     for r in point_rows(point, Path(point.config(work, **overrides).out), listed_as=alias)]
         results[point] = rows
         last = point_result[-1]
         if progress:
