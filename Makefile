@@ -48,7 +48,7 @@ verify: $(VENV)/.installed
 	$(BIN)/unified-rlhf verify --all
 
 ## The reward-KL frontier behind chapter 17: every method over its main knob, three seeds each ($(JOBS) points
-## at a time; under two hours on 2 CPU cores, minutes on a GPU); finished points in runs/compare are reused.
+## at a time; about 2 hours 15 minutes on 2 CPU cores, minutes on a GPU); finished points in runs/compare are reused.
 frontier: $(VENV)/.installed
 	$(BIN)/unified-rlhf compare --workers $(JOBS) --out results/frontier
 

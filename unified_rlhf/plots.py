@@ -117,6 +117,11 @@ def plot_frontier(rows: list[dict], ax=None, methods=None, reference: float | No
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=style["color"], alpha=0.5, linewidth=0.8)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="reference")
+    if intervals:  # the axis spans the means (and the reference), not the t-intervals of three seeds, which can
+        # reach past what a reward can be; a bar that leaves the axis is cut at its edge
+        ys = [y for points in by_method.values() for _, y in points] + ([reference] if reference is not None else [])
+        margin = 0.05 * (max(ys) - min(ys) or 1.0)
+        ax.set_ylim(min(ys) - margin, max(ys) + margin)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(left=0)  # KL >= 0; the automatic margin of a symlog axis would run below it
     ax.set(xlabel=KL_LABEL, ylabel="gold reward", title=title)
