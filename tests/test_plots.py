@@ -87,3 +87,12 @@ def test_plot_weight_atlas_one_curve_per_method():
     assert len(ax.lines) == 3
     assert list(ax.lines[1].get_xdata()) == sorted(x)  # sorted by margin
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dpo", "ipo", "slic"]
+
+
+def test_the_axis_of_summarised_rows_spans_the_means_not_their_intervals():
+    rows = [r | {"gold_ci": 0.8, "kl_ci": 0.1} for r in frontier_rows()]  # three seeds: wide t-intervals
+    fig, ax = plt.subplots()
+    plots.plot_frontier(rows, ax=ax, reference=0.4)
+    low, high = ax.get_ylim()
+    means = [r["gold_reward"] for r in rows] + [0.4]
+    assert min(means) - 0.1 < low <= min(means) and max(means) <= high < max(means) + 0.1
