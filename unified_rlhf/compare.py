@@ -82,6 +82,11 @@ class Point:
         return self.method if self.sampling == "offline" else f"{self.sampling}_{self.method}"
 
     @property
+    def online(self) -> bool:
+        """Whether the point trains on samples it draws: an online method, or an online variant (VARIANTS)."""
+        return objectives.get(self.method).data == "online" or self.sampling != "offline"
+
+    @property
     def name(self) -> str:
         return f"{self.listed}/{self.knob}={self.value:g}/seed={self.seed}"
 
@@ -89,8 +94,7 @@ class Point:
         from .config import default_config
 
         obj = objectives.get(self.method)
-        online = obj.data == "online" or self.sampling != "offline"
-        steps = overrides.get("max_steps", STEPS["online" if online else "offline"])
+        steps = overrides.get("max_steps", STEPS["online" if self.online else "offline"])
         every = max(1, math.ceil(steps / EVALUATIONS))
         values = {"max_steps": steps, "eval_every": every, "eval_at_start": False, "checkpoint_every": every,
                   "progress": False, "seed": self.seed, **EVALUATION,
@@ -282,8 +286,7 @@ def compare(methods=None, out="results/frontier", work="runs/compare", progress:
 def _expected_cost(point: Point) -> float:
     """Rough cost of a point, to order the work: a record that takes its own step (TRPO's conjugate gradient, about
     ten times a PPO point), then the methods that sample, then the offline ones."""
-    obj = objectives.get(point.method)
-    return 10.0 if obj.takes_own_step else 1.5 if obj.data == "online" or point.sampling != "offline" else 1.0
+    return 10.0 if objectives.get(point.method).takes_own_step else 1.5 if point.online else 1.0
 
 
 # ============================================================================================ results
