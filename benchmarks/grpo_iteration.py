@@ -27,7 +27,9 @@ completion logging off.
 
 What cannot be made equal: (1) the samples. Each side draws its own tokens, so completion lengths differ a little
 (the mean is printed beside samples/s). (2) TRL samples with transformers' generate (its logits processors and
-stopping criteria each token); ours with evaluate.sample, a loop over one forward per token with a static KV cache.
+stopping criteria each token); ours with evaluate.sample, a loop over one forward per token with a static KV cache,
+which computes a prompt's forward once for its group and drops finished rows from the batch (neither changes a
+token: tests/test_models.py).
 (3) Ours packs every forward's sequences into shared rows (TrainConfig.packing); TRL pads them. (4) TRL computes
 per-token entropies in the update's forward (for its metrics). (5) The learning-rate warm-up: TRL's
 constant_with_warmup starts at 0, ours at lr / warmup_steps (the same compute). Like TRL with num_iterations=1, ours

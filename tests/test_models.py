@@ -86,6 +86,28 @@ def test_left_padded_sampling_equals_one_prompt_at_a_time(arch):
     assert batched == alone and all(len(c) > 0 for c in batched)
 
 
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "reference"])
+def test_the_samplers_shortcuts_change_no_token(arch):
+    """Sampling computes a prompt shared by several rows once and drops finished rows from the batch: the
+    tokens must be those of the plain loop over the whole batch, with the same random draws."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "reference":  # the book's GPT-2, its own prompts; eos (id 0) ends rows at many lengths
+        model, vocab = load_model(DATA / "reference"), 300
+    else:  # a vocabulary of 6 tokens: a random model ends about one row in six at each step
+        model, vocab = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size=6)).eval(), 6
+    prompts = [[0, 2, 3], [0], [0, 4, 5, 2, 3]] if vocab == 6 else [[0, 40, 41], [0, 50], [0]]
+    rows = [p for p in prompts for _ in range(5)]
+    lengths = set()
+    for seed in range(3):
+        draws = {fast: evaluate._sample_batch(model, rows, 24, 1.5, 0, 1, torch.Generator().manual_seed(seed),
+                                              fast=fast) for fast in (True, False)}
+        assert draws[True] == draws[False], (arch, seed)
+        lengths |= {len(c) for c in draws[True]}
+    assert len(lengths) >= 4 and 24 in lengths  # rows did stop at different steps, and some ran to the end
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("method", ["dpo", "grpo"])
 def test_the_model_level_gradient_identity_holds(arch, method):

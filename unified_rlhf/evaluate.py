@@ -45,9 +45,14 @@ def _eval_mode(model):
         model.train(was_training)
 
 
-def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
+def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, fast=True):
     """One batch of completions, with a KV cache: the prompts are left-padded so every row's next token
-    is in the last column, and position ids count real tokens only (as in ``logprobs``)."""
+    is in the last column, and position ids count real tokens only (as in ``logprobs``).
+
+    ``fast`` computes a prompt shared by several rows once and drops finished rows from the batch. Every row's
+    computation is its own, so on the CPU neither changes a token (tests/test_models.py compares them with
+    ``fast=False``); a GPU may round a product of another shape differently in the last bit.
+    """
     device = _device(model)
     batch, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
@@ -58,9 +63,20 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     # the mask of every step, allocated once: step t attends to the prompt and the t tokens sampled so far
     attention = torch.cat([attention, attention.new_ones(batch, max_new_tokens)], dim=-1)
+    # the rows of the first forward: one per distinct prompt (a group's k samples share theirs), copied to the
+    # batch afterwards. At least two rows per matmul: a one-row product takes another kernel, whose last bits differ.
+    distinct, prefill = {}, []
+    for i, p in enumerate(prompts):
+        if tuple(p) not in distinct:
+            distinct[tuple(p)] = len(prefill)
+            prefill.append(i)
+    row_of = torch.tensor([distinct[tuple(p)] for p in prompts], device=device)
+    share = fast and len(prefill) < batch and len(prefill) * width >= 2
+    prefill = torch.tensor(prefill, device=device)
 
     new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    running = torch.arange(batch, device=device)  # the rows the model computes (indices into the batch)
     # a static cache (keys and values written in place) where the model supports one: the same tokens as the
     # dynamic cache, which copies every layer's keys and values at each step to append one token
     from transformers import StaticCache
@@ -70,30 +86,44 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
     for t in range(max_new_tokens):
         where = {"cache_position": torch.arange(width, device=device) if t == 0 else
                  torch.tensor([width + t - 1], device=device)} if static else {}
+        rows = prefill if t == 0 and share else slice(None)
         out = model(
-            input_ids=ids,
-            attention_mask=attention[:, : width + t],
-            position_ids=positions,
+            input_ids=ids[rows],
+            attention_mask=attention[rows, : width + t],
+            position_ids=positions[rows],
             past_key_values=cache,
             use_cache=True,
             **where,
         )
         cache = out.past_key_values
         logits = out.logits[:, -1].float()  # in float32 even for half-precision models
+        if t == 0 and share:
+            cache.reorder_cache(row_of)
+            logits = logits[row_of]
         if temperature == 0:
             token = logits.argmax(-1)
         else:
             # the Gumbel-max trick: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), and on the
-            # CPU it costs a quarter of torch.multinomial (uniforms in [0, 1): the noise is finite or -inf)
-            uniform = torch.rand(logits.shape, generator=generator, device=device)
-            token = (logits / temperature - torch.log(-torch.log(uniform))).argmax(-1)
-        token = token.masked_fill(done, pad_id)  # finished rows only feed padding from here on
-        new_tokens[:, t] = token
-        done |= token == eos_id
+            # CPU it costs a quarter of torch.multinomial (uniforms in [0, 1): the noise is finite or -inf). It is
+            # drawn for the whole batch, finished rows included: a row's draws do not depend on when others stop.
+            noise = torch.log(-torch.log(torch.rand((batch, logits.shape[-1]), generator=generator, device=device)))
+            token = (logits / temperature - noise[running]).argmax(-1)
+        token = token.masked_fill(done[running], pad_id)  # a finished row still in the batch only feeds padding
+        new_tokens[running, t] = token
+        done[running] |= token == eos_id
         if done.all():
             break
         ids = token[:, None]
         positions = positions[:, -1:] + 1
+        # finished rows leave the batch once they are a quarter of it (a step's cost grows with its rows)
+        finished = done[running]
+        if fast and finished.sum() * 4 >= len(running):
+            keep = (~finished).nonzero().squeeze(-1)
+            if len(keep) == 1:  # two rows at least, as above
+                keep = torch.cat([keep, finished.nonzero()[:1].squeeze(-1)])
+            if len(keep) < len(running):
+                cache.reorder_cache(keep)
+                running, ids, positions, attention = running[keep], ids[keep], positions[keep], attention[keep]
 
     completions = []
     for row in new_tokens.tolist():
