@@ -96,3 +96,18 @@ def test_the_axis_of_summarised_rows_spans_the_means_not_their_intervals():
     low, high = ax.get_ylim()
     means = [r["gold_reward"] for r in rows] + [0.4]
     assert min(means) - 0.1 < low <= min(means) and max(means) <= high < max(means) + 0.1
+
+
+def test_a_subset_of_summarised_methods_spans_its_own_means():
+    rows = [r | {"gold_ci": 0.8, "kl_ci": 0.1} for r in frontier_rows()]
+    fig, ax = plt.subplots()
+    plots.plot_frontier(rows, ax=ax, methods=["kto"], reference=0.4)  # kto's mean 0.6 and the reference
+    low, high = ax.get_ylim()
+    assert 0.35 < low <= 0.4 and 0.6 <= high < 0.65  # not stretched to dpo's 0.9
+
+
+def test_summarised_panels_share_a_range_over_every_panels_means():
+    rows = [r | {"gold_ci": 0.8, "kl_ci": 0.1} for r in frontier_rows()]
+    fig = plots.plot_frontier_panels(rows, {"dpo": ["dpo"], "kto": ["kto"]})  # the last panel drawn spans 0.6 alone
+    low, high = fig.axes[0].get_ylim()
+    assert low <= 0.6 and 0.9 <= high < 1.0

@@ -106,7 +106,8 @@ def plot_frontier(rows: list[dict], ax=None, methods=None, reference: float | No
         by_method[row["method"]].append(point)
         if "gold_ci" in row:  # summarised rows (compare.summarise): means over seeds with 95% half-widths
             intervals[(row["method"], point)] = (float(row["kl_ci"]), float(row["gold_ci"]))
-    for i, method in enumerate(methods or [m for m in by_method if m != "reference"]):
+    methods = methods or [m for m in by_method if m != "reference"]
+    for i, method in enumerate(methods):
         style = dict(color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)])
         ax.scatter(*zip(*by_method[method]), s=14, alpha=0.35, **style)
         envelope = pareto(by_method[method])
@@ -117,17 +118,22 @@ def plot_frontier(rows: list[dict], ax=None, methods=None, reference: float | No
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=style["color"], alpha=0.5, linewidth=0.8)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="reference")
-    if intervals:  # the axis spans the means (and the reference), not the t-intervals of three seeds, which can
-        # reach past what a reward can be; a bar that leaves the axis is cut at its edge
-        ys = [y for points in by_method.values() for _, y in points] + ([reference] if reference is not None else [])
-        margin = 0.05 * (max(ys) - min(ys) or 1.0)
-        ax.set_ylim(min(ys) - margin, max(ys) + margin)
+    if intervals:  # the axis spans the means drawn (and the reference), not the t-intervals of three seeds, which
+        # can reach past what a reward can be; a bar that leaves the axis is cut at its edge
+        drawn = [y for method in methods for _, y in by_method[method]]
+        ax.set_ylim(*_span(drawn + ([reference] if reference is not None else [])))
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(left=0)  # KL >= 0; the automatic margin of a symlog axis would run below it
     ax.set(xlabel=KL_LABEL, ylabel="gold reward", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    """An axis range around `values` with 5% to spare on each side."""
+    margin = 0.05 * (max(values) - min(values) or 1.0)
+    return min(values) - margin, max(values) + margin
 
 
 def plot_frontier_panels(rows: list[dict], groups: dict[str, list[str]], reference: float | None = None):
@@ -143,6 +149,10 @@ def plot_frontier_panels(rows: list[dict], groups: dict[str, list[str]], referen
         ax.xaxis.set_tick_params(labelbottom=True)
     largest = max(float(r["kl"]) for r in rows)
     axes.flat[0].set_xlim(0, max(1.0, 1.3 * largest))  # shared: every panel shows every point, on one KL range
+    if any("gold_ci" in r for r in rows):  # shared too: the means of every panel's methods (each panel set its own)
+        drawn = {m for methods in groups.values() for m in methods}
+        axes.flat[0].set_ylim(*_span([float(r["gold_reward"]) for r in rows if r["method"] in drawn]
+                                     + ([reference] if reference is not None else [])))
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
     fig.tight_layout()
