@@ -103,11 +103,12 @@ def run_ours(args, tmp: str, sync, packing: bool) -> dict:
     config.reference_cache = str(Path(tmp) / "reference_cache")
     trainer = Trainer(config)
     n, seed = len(trainer.examples), trainer.config.seed
-    for side in ("side0", "side1"):  # reference log-probs: computed once before timing, as TRL's precompute
-        trainer.reference_logprobs(side, range(n))
+    batches = [batch_indices(step, args.batch_size, n, seed) for step in range(args.warmup + args.steps)]
+    # reference log-probs: computed before timing, as TRL's precompute does for its dataset (the rows the run reads)
+    for side in ("side0", "side1"):
+        trainer.reference_logprobs(side, sorted({i for batch in batches for i in batch}))
     tokens = [sum(2 * len(e["prompt"]) + len(e["completions"][0]) + len(e["completions"][1])
-                  for e in (trainer.examples[i] for i in batch_indices(step, args.batch_size, n, seed)))
-              for step in range(args.warmup + args.steps)]
+                  for e in (trainer.examples[i] for i in batch)) for batch in batches]
     computed = []  # tokens of every policy forward (the reference's are cached)
     trainer.model.register_forward_pre_hook(lambda _, a, kw: computed.append(kw["input_ids"].numel()),
                                             with_kwargs=True)
