@@ -66,6 +66,7 @@ SECONDS = {
     "tests/test_book_site.py::test_every_page_loads_offline_with_math_figures_and_links": 60.3,
     "tests/test_book_site.py::test_screenshots_of_the_index_and_the_dpo_chapter": 3.0,
     "tests/test_book_outputs.py::test_run_book_executes_chapters_reproducibly": 8.0,
+    "tests/test_book_outputs.py::test_training_outputs_are_compared_only_on_the_executing_machine": 11.0,
     "tests/test_objectives.py::test_objective_verifies[gpo_truncated_quadratic]": 2.8,
     "tests/test_trainer.py::test_cli_train_then_evaluate": 2.4,
     "tests/test_trainer.py::test_every_method_takes_finite_steps[sft]": 2.3,
