@@ -159,6 +159,24 @@ def test_shaped_returns_put_the_reward_on_the_last_completion_token(tmp_path):
         advantage)
 
 
+def test_old_log_probs_read_before_the_update_come_from_the_updates_own_forward(tmp_path):
+    """A KL-shaped reward reads pi_old before the update: the forward that gives it runs with gradient and is the
+    update's, so a step computes the policy's log-probs once. Its bits equal a forward without gradient's."""
+    trainer = Trainer(small("vpg", tmp_path / "run", kl_coef=0.1, samples_per_prompt=4))
+    rollout = trainer.rollout(list(range(4)))
+    with torch.no_grad():
+        without_gradient = trainer.logprobs(rollout.pairs, per_token=True)[0]
+    forwards, logprobs = [], trainer.logprobs
+    trainer.logprobs = lambda *args, **kwargs: forwards.append(args) or logprobs(*args, **kwargs)
+    estimated = trainer.advantages(rollout)  # the shaped reward reads rollout.old: one forward, with gradient
+    assert len(forwards) == 1 and torch.equal(rollout.old, without_gradient)
+    first = trainer.online_inputs(rollout, estimated)["logp"]
+    assert len(forwards) == 1 and first.requires_grad  # the update takes that forward
+    assert torch.equal(first.detach(), rollout.old.sum(-1))
+    trainer.online_inputs(rollout, estimated)  # a second epoch (the policy may have moved): a forward of its own
+    assert len(forwards) == 2
+
+
 def test_ppo_kl_measures_the_kl_after_the_update(tmp_path):
     Trainer(small("ppo_kl", tmp_path / "run", update_epochs=1, max_steps=2)).train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

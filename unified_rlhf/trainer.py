@@ -121,6 +121,7 @@ class Trainer:
         # is more than one plain optimiser update (several epochs, TRPO's own step) or a hook reads it (PPO's beta)
         self.measures_update_kl = self.kind == "online" and obj.data == "online" and (
             cfg.update_epochs > 1 or obj.takes_own_step or any(h.reads_update_kl for h in obj.hooks))
+        self.early_forward = None  # the latest rollout's policy forward, if `rollout.old` ran it (see rollout)
         self.step = 0
         self.state = {}  # what estimators and hooks keep between steps (a running baseline, PPO's beta)
         self.checkpoint_step = None  # the step of the checkpoint on disk, once there is one
@@ -384,12 +385,29 @@ class Trainer:
         ref, _, mask = self.logprobs(pairs, self.reference, per_token=True)
         rewards = self.score([texts[i // k] for i in range(len(completions))], completions)
 
-        @torch.no_grad()
-        def old():  # deferred: the step's first forward with gradient gives these, unless something reads them first
-            return self.logprobs(pairs, per_token=True)[0]
+        self.early_forward = None
+
+        def old():  # deferred: the step's first forward with gradient gives these (policy_forward)
+            # read before the update (a KL-shaped reward, a callback): run that forward now, with gradient, and keep
+            # it for the update; with gradient or without, a forward gives the same bits (tests/test_trainer.py)
+            with torch.enable_grad():
+                self.early_forward = (pairs, self.logprobs(pairs, per_token=True))
+            return self.early_forward[1][0].detach()
 
         return Rollout(pairs=pairs, completions=completions, reward=rewards, old=old, ref=ref, mask=mask,
                        group_size=k, max_new_tokens=cfg.max_new_tokens)
+
+    def policy_forward(self, rollout: Rollout):
+        """(per-token log-probs with gradient, lengths, mask) of the rollout's samples under the policy. The first
+        call of a step also gives `rollout.old` (the policy has not moved yet); if `old` was read before it, the
+        forward that read ran then, and is taken here instead of a second one."""
+        if self.early_forward is not None and self.early_forward[0] is rollout.pairs:
+            forward, self.early_forward = self.early_forward[1], None
+            return forward
+        forward = self.logprobs(rollout.pairs, per_token=True)
+        if not rollout.old_computed:  # the first epoch, before any update: the policy is still the sampling one
+            rollout.old = forward[0].detach()
+        return forward
 
     def score(self, prompts: list[str], completions: list[list[int]]) -> torch.Tensor:
         """Rewards of completions: the task's gold reward, or the configured reward model."""
@@ -408,9 +426,7 @@ class Trainer:
         gives pairs (config.pair_rule) or labels (config.label_rule; see online_feedback.py). The policy's
         log-probs carry the gradient; the reference's come from the rollout."""
         cfg, obj = self.config, self.objective
-        tokens, lengths, mask = self.logprobs(rollout.pairs, per_token=True)  # every sample, one forward
-        if not rollout.old_computed:  # the policy has not moved since the rollout: these are its log-probs
-            rollout.old = tokens.detach()
+        tokens, lengths, mask = self.policy_forward(rollout)  # every sample, one forward
         reference = rollout.ref.to(tokens.dtype)
         k = rollout.group_size
         if obj.data == "paired":
@@ -444,9 +460,7 @@ class Trainer:
     def online_inputs(self, rollout: Rollout, estimated: dict) -> dict:
         """The objective's inputs: the policy's log-probs (with gradient) of the sampled completions."""
         token_view = self.objective.level == "token"
-        tokens, lengths, mask = self.logprobs(rollout.pairs, per_token=True)
-        if not rollout.old_computed:  # the first epoch, before any update: the policy is still the sampling one
-            rollout.old = tokens.detach()
+        tokens, lengths, mask = self.policy_forward(rollout)
         logp = tokens if token_view else tokens.sum(-1)
         batch = {"logp": logp, "length": lengths, "mask": mask, "reward": rollout.reward,
                  "baseline": torch.zeros_like(lengths)} | estimated
