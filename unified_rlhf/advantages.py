@@ -61,8 +61,8 @@ class Rollout:
 
 
 # `old` may also be given as a function that computes it: it runs on the first read, and its result is kept. The
-# trainer defers that forward this way: with one update per rollout, the update's own forward (detached) gives
-# these log-probs, so nothing computes them twice unless something (an estimator, a callback) reads them first.
+# trainer defers that forward this way: the update's own forward (detached) gives these log-probs, and if something
+# (an estimator, a callback) reads them before the update, that read runs the update's forward early.
 def _read_old(rollout) -> torch.Tensor:
     if not isinstance(rollout._old, torch.Tensor):
         rollout._old = rollout._old()
