@@ -166,8 +166,8 @@ def test_old_log_probs_read_before_the_update_come_from_the_updates_own_forward(
     rollout = trainer.rollout(list(range(4)))
     with torch.no_grad():
         without_gradient = trainer.logprobs(rollout.pairs, per_token=True)[0]
-    forwards, logprobs = [], trainer.logprobs
-    trainer.logprobs = lambda *args, **kwargs: forwards.append(args) or logprobs(*args, **kwargs)
+    forwards, logprobs = [], trainer.logprobs  # the policy's forwards (the reference's pass the model too)
+    trainer.logprobs = lambda *args, **kwargs: (len(args) == 1 and forwards.append(args)) or logprobs(*args, **kwargs)
     estimated = trainer.advantages(rollout)  # the shaped reward reads rollout.old: one forward, with gradient
     assert len(forwards) == 1 and torch.equal(rollout.old, without_gradient)
     first = trainer.online_inputs(rollout, estimated)["logp"]
@@ -175,6 +175,13 @@ def test_old_log_probs_read_before_the_update_come_from_the_updates_own_forward(
     assert torch.equal(first.detach(), rollout.old.sum(-1))
     trainer.online_inputs(rollout, estimated)  # a second epoch (the policy may have moved): a forward of its own
     assert len(forwards) == 2
+    # read early, then the policy reloaded in place (as chapter 7 does between variants): that forward is stale
+    again = trainer.rollout(list(range(4, 8)))
+    trainer.advantages(again)
+    trainer.model.load_state_dict(trainer.model.state_dict())
+    inputs = trainer.online_inputs(again, estimated)
+    assert len(forwards) == 4
+    trainer.optimizer_step(trainer.loss_and_weights(inputs)[0].mean())  # its graph is intact: backward runs
 
 
 def test_ppo_kl_measures_the_kl_after_the_update(tmp_path):

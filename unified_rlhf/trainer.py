@@ -391,8 +391,9 @@ class Trainer:
             # read before the update (a KL-shaped reward, a callback): run that forward now, with gradient, and keep
             # it for the update; with gradient or without, a forward gives the same bits (tests/test_trainer.py)
             with torch.enable_grad():
-                self.early_forward = (pairs, self.logprobs(pairs, per_token=True))
-            return self.early_forward[1][0].detach()
+                forward = self.logprobs(pairs, per_token=True)
+            self.early_forward = (pairs, self._parameter_versions(), forward)
+            return forward[0].detach()
 
         return Rollout(pairs=pairs, completions=completions, reward=rewards, old=old, ref=ref, mask=mask,
                        group_size=k, max_new_tokens=cfg.max_new_tokens)
@@ -401,13 +402,18 @@ class Trainer:
         """(per-token log-probs with gradient, lengths, mask) of the rollout's samples under the policy. The first
         call of a step also gives `rollout.old` (the policy has not moved yet); if `old` was read before it, the
         forward that read ran then, and is taken here instead of a second one."""
-        if self.early_forward is not None and self.early_forward[0] is rollout.pairs:
-            forward, self.early_forward = self.early_forward[1], None
-            return forward
+        early, self.early_forward = self.early_forward, None
+        # taken only for these samples and if no parameter has changed since, in place or by a step (their version
+        # counters): a chapter may step or reload the policy between reading `old` and building the update's inputs
+        if early is not None and early[0] is rollout.pairs and early[1] == self._parameter_versions():
+            return early[2]
         forward = self.logprobs(rollout.pairs, per_token=True)
         if not rollout.old_computed:  # the first epoch, before any update: the policy is still the sampling one
             rollout.old = forward[0].detach()
         return forward
+
+    def _parameter_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.model.parameters())
 
     def score(self, prompts: list[str], completions: list[list[int]]) -> torch.Tensor:
         """Rewards of completions: the task's gold reward, or the configured reward model."""
